@@ -1,0 +1,92 @@
+"""The ``reglink`` command line.
+
+Each command lives in its own module, which exposes ``register(subparsers)`` adding its
+parser and setting ``func`` to a callable taking the parsed arguments and returning an
+exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipelines import __version__
+from pipelines.errors import ReglinkError
+
+# Modules that contribute commands, in the order --help lists them.
+COMMAND_MODULES = (
+    "pipelines.synth.command",
+    "pipelines.extract_command",
+    "pipelines.evaluate_command",
+    "pipelines.demo",
+)
+
+log = logging.getLogger("reglink")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every command takes (DESIGN.md): config folder, data folder, database URL."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("REGLINK_CONFIG", "config")),
+        help="configuration folder (default: $REGLINK_CONFIG or ./config)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("REGLINK_DATA_DIR", "data")),
+        help="folder for run partitions and the SQLite MPI (default: $REGLINK_DATA_DIR or ./data)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("REGLINK_DATABASE_URL"),
+        help="MPI database URL (default: $REGLINK_DATABASE_URL, else SQLite in the data folder)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reglink",
+        description="Link national person registers into one Master Person Index.",
+    )
+    parser.add_argument("--version", action="version", version=f"reglink {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except ReglinkError as exc:
+        print(f"reglink {args.command}: error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)  # noqa: T201
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
