@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:
+            if exc.name and module_name.startswith(exc.name):
                 continue  # command not built yet
             raise
         module.register(subparsers)
