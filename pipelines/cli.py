@@ -21,6 +21,7 @@ from pipelines.errors import ReglinkError
 COMMAND_MODULES = (
     "pipelines.synth.command",
     "pipelines.extract_command",
+    "pipelines.link_command",
     "pipelines.evaluate_command",
     "pipelines.demo",
 )
