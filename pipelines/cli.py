@@ -66,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(subparsers)
+    parser.set_defaults(available_commands=tuple(subparsers.choices))
     return parser
+
+
+def available_commands() -> list[str]:
+    """Names of the commands this installation has."""
+    return list(build_parser().get_default("available_commands"))
 
 
 def main(argv: list[str] | None = None) -> int:
