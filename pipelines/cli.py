@@ -21,9 +21,11 @@ from pipelines.errors import ReglinkError
 COMMAND_MODULES = (
     "pipelines.synth.command",
     "pipelines.extract_command",
+    "pipelines.validate_command",
     "pipelines.link_command",
     "pipelines.evaluate_command",
     "pipelines.demo",
+    "pipelines.db_command",
 )
 
 log = logging.getLogger("reglink")

@@ -18,3 +18,15 @@ class ConfigError(ReglinkError):
 
 class ExtractError(ReglinkError):
     """A register extract cannot be read as its configuration says."""
+
+
+class ValidationError(ReglinkError):
+    """A run's validation cannot be done or its result cannot be used (e.g. it failed)."""
+
+
+class CircuitBreakerError(ValidationError):
+    """A batch-level data-quality check failed: the run stops before linking.
+
+    The message names every register and check that failed, with the observed value and
+    the threshold, so the operator knows which extract to look at.
+    """

@@ -39,6 +39,7 @@ __all__ = [
     "ComposeSpec",
     "FileSource",
     "PostgresSource",
+    "QualityConfig",
     "RegisterConfig",
     "SplitSpec",
     "load_register_config",
@@ -285,6 +286,23 @@ class PostgresSource(_Strict):
         return self
 
 
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+class QualityConfig(_Strict):
+    """Data-quality thresholds of a register (docs/data-quality.md).
+
+    ``suite`` is a Great Expectations suite file; a relative path is looked up in the
+    config folder, then in the repository's ``expectations/``.
+    """
+
+    max_shrink: Share = 0.2
+    max_null_rate_increase: Share = 0.2
+    max_quarantined: Share = 0.1
+    required_columns: list[MappableColumn] = Field(default_factory=list)
+    suite: str | None = None
+
+
 class RegisterConfig(_Strict):
     """One register's configuration. ``name`` is the file's stem; ``path`` the file."""
 
@@ -293,6 +311,7 @@ class RegisterConfig(_Strict):
     columns: dict[MappableColumn, ColumnSpec] = Field(default_factory=dict)
     split: list[SplitSpec] = Field(default_factory=list)
     trust: dict[MappableColumn, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     _name: str = PrivateAttr(default="")
     _path: Path = PrivateAttr(default=Path())
@@ -381,7 +400,8 @@ _ALL_KEYS = sorted(
     {
         name
         for model in (
-            RegisterConfig, FileSource, PostgresSource, ColumnSpec, ComposeSpec, SplitSpec
+            RegisterConfig, FileSource, PostgresSource, ColumnSpec, ComposeSpec, SplitSpec,
+            QualityConfig,
         )
         for name in model.model_fields
     }
@@ -469,6 +489,11 @@ def _semantic_problems(config: RegisterConfig) -> list[tuple[str, str]]:
             elif target in targets:
                 problems.append((where, f"{target} is already filled by {targets[target]}"))
             targets.setdefault(target, where)
+    for column in config.quality.required_columns:
+        if column not in config.columns and column not in targets:
+            problems.append(
+                ("quality.required_columns", f"{column} is not mapped under columns: or split:")
+            )
     return problems
 
 
