@@ -1,6 +1,7 @@
 """The link step of a run: standardise the extracts, train or load a model, score, cluster.
 
-Reads ``runs/<run_id>/extract/*.parquet`` and writes ``runs/<run_id>/link/``:
+Reads the records that passed validation, ``runs/<run_id>/validate/<register>.parquet``
+(a run whose validation failed or never ran is refused), and writes ``runs/<run_id>/link/``:
 
 - ``model.json``: the trained Fellegi–Sunter model (settings, m, u, λ, TF tables, seed);
 - ``pairs.parquet``: scored candidate pairs at or above the review threshold, keyed by
@@ -29,6 +30,7 @@ from matching import LinkageSettings, Linker, standardise
 from matching.errors import MatchingError
 from matching.model import FellegiSunterModel
 from pipelines.errors import ReglinkError
+from pipelines.validate import require_validated
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,15 @@ class LinkResult:
         return self.run_dir / "link"
 
 
-def load_extracts(run_dir: Path) -> pd.DataFrame:
-    """All registers' canonical records of a run, concatenated (positions = record index)."""
-    files = sorted((run_dir / "extract").glob("*.parquet"))
+def load_validated(run_dir: Path) -> pd.DataFrame:
+    """The validated canonical records of a run, all registers concatenated.
+
+    Positions in the returned frame are the record indices used by the engine.
+    """
+    validated = require_validated(run_dir)
+    files = sorted(p for p in validated.glob("*.parquet") if p.name != "quarantine.parquet")
     if not files:
-        raise ReglinkError(f"no extracts in {run_dir / 'extract'}; run `reglink extract` first")
+        raise ReglinkError(f"no validated records in {validated}; run `reglink validate` first")
     frames = []
     for path in files:
         frame = pd.read_parquet(path, columns=None)
@@ -98,7 +104,7 @@ def link_run(
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    records = load_extracts(run_dir)
+    records = load_validated(run_dir)
     log.info("link: %d records from %d registers", len(records), records["register"].nunique())
 
     t = time.perf_counter()
