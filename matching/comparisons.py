@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,7 +57,7 @@ class RecordColumns:
         self._pin: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def has(self, column: str | None) -> bool:
-        return column is not None and column in self.records.columns
+        return column is not None and (column in self.records.columns or column in self._codes)
 
     def codes(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """int32 code per record (``-1`` missing) and the distinct values as strings."""
@@ -67,6 +67,33 @@ class RecordColumns:
             values = np.asarray([str(v) for v in uniques], dtype=object)
             self._codes[column] = (codes.astype(np.int32, copy=False), values)
         return self._codes[column]
+
+    def derived(self, name: str, make: Callable[[], pd.Series]) -> str:
+        """Register a computed column under ``name`` (built once by ``make``); returns the name.
+
+        Its codes and values are cached like a real column's (``codes(name)``), so that exact
+        and fuzzy levels work on it.
+        """
+        if name not in self._codes:
+            codes, uniques = pd.factorize(make(), use_na_sentinel=True)
+            values = np.asarray([str(v) for v in uniques], dtype=object)
+            self._codes[name] = (codes.astype(np.int32, copy=False), values)
+        return name
+
+    def coalesce(self, columns: Sequence[str]) -> str:
+        """A derived column: per record the first of ``columns`` that is present (one code
+        space for all of their values)."""
+        present = [c for c in columns if self.has(c)]
+        if len(present) == 1:
+            return present[0]
+
+        def make() -> pd.Series:
+            merged = self.records[present[0]].astype("string")
+            for col in present[1:]:
+                merged = merged.fillna(self.records[col].astype("string"))
+            return merged
+
+        return self.derived("\x00".join(["coalesce", *present]), make)
 
     def ints(self, column: str) -> np.ndarray:
         """int64 value per record of a numeric column, ``-1`` where missing or not a number."""
@@ -262,7 +289,13 @@ class NameComparison(Comparison):
 
 
 class PatronymicComparison(Comparison):
-    """exact root / fuzzy root / initials agree where a side has only an initial / else."""
+    """exact root / fuzzy root / initials agree where a side has only an initial / else.
+
+    With a ``father`` column (the father's given name, same canonical form as the root), a
+    record without a patronymic is compared by its father's name instead. The patronymic is
+    made from the father's given name, so the two are one piece of evidence: comparing both
+    would count one fact twice, and two siblings would look like one person.
+    """
 
     kind = "patronymic"
 
@@ -278,12 +311,21 @@ class PatronymicComparison(Comparison):
 
     def _compute(self, cols, left, right):
         col = self.spec.columns["value"]
+        father = self.spec.columns.get("father")
+        if father and cols.has(father):
+            col = cols.coalesce([col, father])
         codes, _ = cols.codes(col)
         ca, cb = codes[left], codes[right]
         has_a, has_b = ca >= 0, cb >= 0
         both_roots = has_a & has_b
         gamma = np.zeros(left.size, dtype=np.int8)
         init_col = self.spec.columns.get("initial")
+        if init_col and cols.has(init_col) and father and cols.has(father):
+            # a record known by its father's name has that name's initial
+            src, fat = init_col, father
+            init_col = cols.derived(f"\x00initial\x00{src}\x00{fat}", lambda: (
+                cols.records[src].astype("string").fillna(
+                    cols.records[fat].astype("string").str.slice(0, 1))))
         if init_col and cols.has(init_col):
             i_codes, _ = cols.codes(init_col)
             ia, ib = i_codes[left], i_codes[right]

@@ -1,13 +1,16 @@
 """The Fellegi–Sunter model: u from random pairs, m by EM, λ, term frequencies; JSON I/O.
 
 - **u** (how often a level occurs between two records of different persons) is counted on
-  seeded, uniformly random record pairs: almost all of them are non-matches. A level never
-  seen gets a small floor, so that no u is 0.
+  seeded, uniformly random record pairs (``u_sample_pairs``, at most ``u_pairs_per_record``
+  per record, every pair when there are fewer): almost all of them are non-matches. A level
+  never seen gets a small floor, so that no u is 0.
 - **m** (how often a level occurs between two records of the same person) is estimated by EM
   with u fixed, following Splink: one EM session per training blocking rule on the candidate
   pairs that rule generates, leaving out the comparisons that read the rule's own columns
   (they agree by construction there); each comparison's m is the mean of the sessions in
-  which it was free. EM runs on the distinct comparison vectors with their counts.
+  which it was free. EM runs on the distinct comparison vectors with their counts. m is
+  smoothed (:func:`smooth_m`): a Dirichlet prior and a floor of ``min_log2_bayes_factor``
+  bits, because a disagreement unseen among training matches still happens in real data.
 - **λ** is the share of matches among all record pairs: the expected number of matches
   among the candidates (EM on λ alone, m and u fixed) divided by n(n-1)/2.
 - **Term frequencies**: on the exact level of a comparison with ``tf_adjustment``, the Bayes
@@ -47,7 +50,27 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-M_FLOOR = 1e-6  # no level is impossible among matches: a typo can land anywhere
+
+
+def smooth_m(counts: np.ndarray, u: np.ndarray, prior_pairs: float,
+             min_log2_bayes_factor: float) -> np.ndarray:
+    """m of one comparison from the (expected) match counts per level, smoothed.
+
+    Two guards against a level that happened not to occur among the training matches:
+
+    - a Dirichlet prior of ``prior_pairs`` pseudo-matches spread over the levels like u
+      (m = u is "no evidence", the neutral belief before any data);
+    - a floor m >= u * 2**min_log2_bayes_factor, so that no level counts less than
+      ``min_log2_bayes_factor`` bits. Real registers miscode a field (sex, a digit of the
+      date, the patronymic) in something like 1 record in 1,000 or more, which training data
+      (synthetic or one clean batch) may never show; a disagreement seen 0 times in training
+      must not outvote the rest of the evidence, as a 1e-6 floor (-20 bits) did.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64)
+    m = (c + prior_pairs * u) / max(c.sum() + prior_pairs, 1e-300)
+    m = np.maximum(m, u * 2.0 ** min_log2_bayes_factor)
+    return m / m.sum()
 
 
 @dataclass
@@ -277,12 +300,13 @@ def _posterior(log2bf: np.ndarray, lam: float) -> np.ndarray:
 
 
 def _em(pats: np.ndarray, counts: np.ndarray, u: list[np.ndarray], m0: list[np.ndarray],
-        free: np.ndarray, max_iter: int, tol: float, active: np.ndarray | None = None
+        free: np.ndarray, max_iter: int, tol: float, active: np.ndarray | None = None,
+        prior_pairs: float = 1.0, min_log2_bayes_factor: float = -10.0,
         ) -> tuple[list[np.ndarray], float, int, bool]:
     """EM for m (u fixed) on distinct patterns with counts. Returns m, λ, iterations, converged.
 
     ``active`` comparisons (default: the ``free`` ones) give evidence in the E-step; only the
-    ``free`` ones have their m updated.
+    ``free`` ones have their m updated, smoothed by :func:`smooth_m`.
     """
     active = free if active is None else active
     m = [x.copy() for x in m0]
@@ -306,8 +330,7 @@ def _em(pats: np.ndarray, counts: np.ndarray, u: list[np.ndarray], m0: list[np.n
             if s.sum() <= 0:
                 new_m.append(mk)
                 continue
-            nm = np.maximum(s / s.sum(), M_FLOOR)
-            nm /= nm.sum()
+            nm = smooth_m(s, u[k], prior_pairs, min_log2_bayes_factor)
             change = max(change, float(np.abs(nm - mk).max()))
             new_m.append(nm)
         m, lam = new_m, new_lam
@@ -374,9 +397,12 @@ def train_model(
     stats: dict[str, Any] = {"n_records": n, "n_candidates": int(len(candidates))}
 
     # u from random pairs
-    a, b = _random_pairs(n, tr.u_sample_pairs, rng) if n >= 2 else (np.empty(0, np.int64),) * 2
+    # a multiple of n on small data: the levels' shares settle long before 2M pairs
+    u_size = min(tr.u_sample_pairs, tr.u_pairs_per_record * n)
+    a, b = _random_pairs(n, u_size, rng) if n >= 2 else (np.empty(0, np.int64),) * 2
     u_gammas = compare_pairs(comparisons, cols, a, b, warn=False)
-    u, u_ok = _estimate_u(_level_counts(u_gammas, n_levels))
+    u_counts = _level_counts(u_gammas, n_levels)
+    u, u_ok = _estimate_u(u_counts)
     stats["u_sample_pairs"] = int(a.size)
     del u_gammas
     for comp, ok in zip(comparisons, u_ok, strict=True):
@@ -385,12 +411,14 @@ def train_model(
                           "both sides; it gives no evidence", MatchingWarning, stacklevel=3)
 
     # m by EM, one session per training rule
+    smoothing = {"prior_pairs": tr.m_prior_pairs,
+                 "min_log2_bayes_factor": tr.min_log2_bayes_factor}
     cols_of = [set(c.spec.column_names) for c in comparisons]
     sessions: list[dict[str, Any]] = []
     m_sum = [np.zeros(s) for s in n_levels]
     m_n = np.zeros(len(comparisons), dtype=np.int64)
     init = [_initial_m(s) for s in n_levels]
-    rule_cols = {r.name: set(r.columns) for r in settings.blocking_rules}
+    rule_cols = {r.name: set(r.all_columns) for r in settings.blocking_rules}
     plans: list[tuple[str, np.ndarray | None, np.ndarray]] = []
     for name in tr.blocking_rules:
         if name not in candidates.keys:
@@ -409,7 +437,7 @@ def train_model(
                           "EM session skipped", MatchingWarning, stacklevel=3)
             continue
         m, lam, its, conv = _em(pats, counts, u, init, free, tr.em_max_iterations,
-                                tr.em_tolerance)
+                                tr.em_tolerance, **smoothing)
         for k in np.flatnonzero(free):
             m_sum[k] += m[k]
             m_n[k] += 1
@@ -429,7 +457,8 @@ def train_model(
         pats, counts, _ = _patterns(gammas, n_levels)
         if counts.sum() >= 10 and free.any():
             m, lam, its, conv = _em(pats, counts, u, start, free, tr.em_max_iterations,
-                                    tr.em_tolerance, active=None if run_all else ~free)
+                                    tr.em_tolerance, active=None if run_all else ~free,
+                                    **smoothing)
             for k in np.flatnonzero(free):
                 m_sum[k] += m[k]
                 m_n[k] += 1
@@ -443,7 +472,14 @@ def train_model(
     m_final = []
     for k in range(len(comparisons)):
         if trained[k] and u_ok[k]:
-            m_final.append(m_sum[k] / m_n[k])
+            # the mean of smoothed sessions keeps the floor up to the renormalisation
+            mk = smooth_m(m_sum[k] / m_n[k], u[k], 0.0, tr.min_log2_bayes_factor)
+            # a level that no random pair showed has a guessed u: it is no evidence against
+            # (the floor would make "placeholder year" count -10 bits on data that has no
+            # placeholder dates at all)
+            unseen = u_counts[k] == 0
+            mk[unseen] = np.maximum(mk[unseen], u[k][unseen])
+            m_final.append(mk / mk.sum())
         else:
             m_final.append(u[k].copy())  # no evidence either way
             trained[k] = False

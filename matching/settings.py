@@ -30,7 +30,7 @@ COMPARISON_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "exact": (("value",), ()),
     "string": (("value",), ("part", "swap")),
     "name": (("value",), ("root",)),
-    "patronymic": (("value",), ("initial",)),
+    "patronymic": (("value",), ("initial", "father")),
     "date": (("year",), ("month", "day", "quality")),
     "pin": (("value",), ()),
 }
@@ -40,13 +40,29 @@ PIN_CHECKS = ("luhn", "none")
 
 @dataclass(frozen=True)
 class BlockingRule:
-    """Records whose values agree on every column of ``columns`` are compared."""
+    """Records whose values agree on every column of ``columns`` are compared.
+
+    With ``swap_with`` (as many columns as ``columns``), the rule matches one record's
+    ``columns`` against the other record's ``swap_with``, position by position, in either
+    direction: ``columns: [given_std, birth_year]`` with ``swap_with: [surname_std,
+    birth_year]`` compares two records when one's given name is the other's surname and
+    their birth years agree (given name and surname written in each other's field).
+    """
 
     name: str
     columns: tuple[str, ...]
+    swap_with: tuple[str, ...] | None = None
+
+    @property
+    def all_columns(self) -> tuple[str, ...]:
+        """Every column the rule reads (both sides of a swapped rule)."""
+        return tuple(dict.fromkeys(self.columns + (self.swap_with or ())))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "columns": list(self.columns)}
+        d: dict[str, Any] = {"name": self.name, "columns": list(self.columns)}
+        if self.swap_with is not None:
+            d["swap_with"] = list(self.swap_with)
+        return d
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,8 @@ class ComparisonSettings:
       Levels: exact / part / swap / fuzzy thresholds / else.
     - ``name``: value (full key), optional root. Levels: exact / root exact / fuzzy on the root
       (or the value) per threshold / else.
-    - ``patronymic``: value (root), optional initial. Levels: exact / fuzzy / initial only / else.
+    - ``patronymic``: value (root), optional initial and father (father's given name, used
+      where a record has no patronymic). Levels: exact / fuzzy / initial only / else.
     - ``date``: year, optional month, day and quality (``placeholder`` marks weak dates).
       Levels: exact / placeholder year / day-month swapped / year and month / year /
       year +-1 / else.
@@ -102,6 +119,13 @@ class TrainingSettings:
         em_max_iterations, em_tolerance: EM stops when no m moves by more than the tolerance.
         tf_minimum: lower bound of a value's relative frequency in the term-frequency
             adjustment (0: one occurrence among the training records).
+        u_pairs_per_record: on small data, u is counted on at most this many random pairs
+            per record (all pairs when there are fewer), not ``u_sample_pairs``: the estimate
+            is as good and costs a fraction.
+        m_prior_pairs: pseudo-matches of the Dirichlet prior on m (spread like u, i.e. "no
+            evidence"), added in every M-step.
+        min_log2_bayes_factor: floor of log2(m/u) for every level (bits): no single field can
+            count more than this against a pair, however rare its disagreement was in training.
     """
 
     u_sample_pairs: int = 2_000_000
@@ -109,14 +133,20 @@ class TrainingSettings:
     em_max_iterations: int = 100
     em_tolerance: float = 1e-5
     tf_minimum: float = 0.0
+    u_pairs_per_record: int = 100
+    m_prior_pairs: float = 1.0
+    min_log2_bayes_factor: float = -10.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "u_sample_pairs": self.u_sample_pairs,
+            "u_pairs_per_record": self.u_pairs_per_record,
             "blocking_rules": list(self.blocking_rules),
             "em_max_iterations": self.em_max_iterations,
             "em_tolerance": self.em_tolerance,
             "tf_minimum": self.tf_minimum,
+            "m_prior_pairs": self.m_prior_pairs,
+            "min_log2_bayes_factor": self.min_log2_bayes_factor,
         }
 
 
@@ -253,13 +283,16 @@ def _parse_rules(raw: Any, problems: list[str]) -> tuple[BlockingRule, ...]:
     rules: list[BlockingRule] = []
     for i, item in enumerate(raw):
         where = f"blocking_rules[{i}]"
+        swap: Any = None
         if isinstance(item, list | str):
             cols, name = ([item] if isinstance(item, str) else item), None
         elif isinstance(item, dict):
-            _unknown(item, {"name", "columns"}, where + ".", problems)
-            cols, name = item.get("columns"), item.get("name")
+            _unknown(item, {"name", "columns", "swap_with"}, where + ".", problems)
+            cols, name, swap = item.get("columns"), item.get("name"), item.get("swap_with")
             if isinstance(cols, str):
                 cols = [cols]
+            if isinstance(swap, str):
+                swap = [swap]
         else:
             problems.append(f"{where}: expected a list of columns or a mapping, got {item!r}")
             continue
@@ -267,10 +300,22 @@ def _parse_rules(raw: Any, problems: list[str]) -> tuple[BlockingRule, ...]:
             problems.append(f"{where}.columns: expected a non-empty list of column names, "
                             f"got {cols!r}")
             continue
-        name = name if isinstance(name, str) and name else "+".join(cols)
+        if swap is not None:
+            if (not isinstance(swap, list) or len(swap) != len(cols)
+                    or not all(isinstance(c, str) for c in swap)):
+                problems.append(f"{where}.swap_with: expected a list of {len(cols)} column "
+                                f"name(s), one per column of columns {cols}, got {swap!r}")
+                continue
+            if swap == cols:
+                problems.append(f"{where}.swap_with: same columns as columns; leave swap_with "
+                                "out for a rule on equal values")
+                continue
+        default = "+".join(cols) + ("~" + "+".join(swap) if swap is not None else "")
+        name = name if isinstance(name, str) and name else default
         if any(r.name == name for r in rules):
             problems.append(f"{where}.name: duplicate rule name {name!r}")
-        rules.append(BlockingRule(name=name, columns=tuple(cols)))
+        rules.append(BlockingRule(name=name, columns=tuple(cols),
+                                  swap_with=tuple(swap) if swap is not None else None))
     return tuple(rules)
 
 
@@ -350,8 +395,9 @@ def _parse_training(raw: Any, rules: tuple[BlockingRule, ...],
     if not isinstance(raw, dict):
         problems.append(f"training: expected a mapping, got {raw!r}")
         return TrainingSettings()
-    _unknown(raw, {"u_sample_pairs", "blocking_rules", "em_max_iterations", "em_tolerance",
-                   "tf_minimum"}, "training.", problems)
+    _unknown(raw, {"u_sample_pairs", "u_pairs_per_record", "blocking_rules",
+                   "em_max_iterations", "em_tolerance", "tf_minimum", "m_prior_pairs",
+                   "min_log2_bayes_factor"}, "training.", problems)
     d = TrainingSettings()
     names = raw.get("blocking_rules", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -366,9 +412,22 @@ def _parse_training(raw: Any, rules: tuple[BlockingRule, ...],
     if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
         problems.append(f"training.em_tolerance: expected a number in (0, 1), got {tol!r}")
         tol = d.em_tolerance
+    prior = raw.get("m_prior_pairs", d.m_prior_pairs)
+    if isinstance(prior, bool) or not isinstance(prior, int | float) or prior < 0:
+        problems.append(f"training.m_prior_pairs: expected a number >= 0, got {prior!r}")
+        prior = d.m_prior_pairs
+    floor = raw.get("min_log2_bayes_factor", d.min_log2_bayes_factor)
+    if isinstance(floor, bool) or not isinstance(floor, int | float) or not -60 <= floor < 0:
+        problems.append(f"training.min_log2_bayes_factor: expected a negative number of bits "
+                        f"(-60 to 0, e.g. -10), got {floor!r}")
+        floor = d.min_log2_bayes_factor
     return TrainingSettings(
         u_sample_pairs=_int(raw, "u_sample_pairs", d.u_sample_pairs, "training.", problems,
                             minimum=1000),
+        u_pairs_per_record=_int(raw, "u_pairs_per_record", d.u_pairs_per_record, "training.",
+                                problems, minimum=1),
+        m_prior_pairs=float(prior),
+        min_log2_bayes_factor=float(floor),
         blocking_rules=tuple(names),
         em_max_iterations=_int(raw, "em_max_iterations", d.em_max_iterations, "training.",
                                problems, minimum=1),

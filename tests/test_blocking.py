@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from itertools import combinations
 
@@ -128,3 +129,105 @@ def test_rule_on_an_absent_column_is_skipped_with_a_warning():
         c = block_records(df, rules, max_block_size=100)
     assert len(c) == 1
     assert c.report.rules[0].skipped
+
+
+# ---- swapped rules: one record's columns against the other's -----------------------------
+
+SWAP = BlockingRule("given_is_surname", ("given_std", "birth_year"),
+                    swap_with=("surname_root", "birth_year"))
+
+
+def brute_force_swap(df: pd.DataFrame, rule: BlockingRule, max_block: int
+                     ) -> set[tuple[int, int]]:
+    a_cols, b_cols = list(rule.columns), list(rule.swap_with)
+    ka = [tuple(r) if pd.notna(list(r)).all() else None for r in df[a_cols].itertuples(
+        index=False)]
+    kb = [tuple(r) if pd.notna(list(r)).all() else None for r in df[b_cols].itertuples(
+        index=False)]
+    size: dict[tuple, int] = {}
+    for k in ka + kb:
+        if k is not None:
+            size[k] = size.get(k, 0) + 1
+    out = set()
+    for i, x in enumerate(ka):
+        for j, y in enumerate(kb):
+            if i != j and x is not None and x == y and size[x] <= max_block:
+                out.add((min(i, j), max(i, j)))
+    return out
+
+
+def test_swapped_names_are_compared_in_either_direction():
+    df = frame([
+        ("karim", "olim", 1990),    # 0
+        ("olim", "karim", 1990),    # 1: names swapped with 0 -> one pair, not two
+        ("olim", "zarina", 1990),   # 2: given of 0 is the surname of 2 -> (0, 2)
+        ("olim", "karim", 1991),    # 3: other year: no pair
+        ("nazar", "nazar", 1990),   # 4: given == surname: never paired with itself
+        ("nazar", None, 1990),      # 5: no given name, but its surname is 4's given name
+    ])
+    c = block_records(df, (SWAP,), max_block_size=100)
+    got = list(zip(c.left.tolist(), c.right.tolist(), strict=True))
+    assert sorted(got) == [(0, 1), (0, 2), (4, 5)]
+    assert c.agree_on_rule(SWAP.name).all()
+
+
+def test_swapped_rule_matches_a_brute_force_join_and_dedups_against_earlier_rules():
+    rng = np.random.default_rng(11)
+    n = 300
+    names = np.array(["a", "b", "c", "d", "e", None], dtype=object)
+    df = frame(list(zip(rng.choice(names, n), rng.choice(names, n),
+                        rng.choice(np.array([1990, 1991, None], dtype=object), n),
+                        strict=True)))
+    c = block_records(df, (SWAP,), max_block_size=40)
+    got = set(zip(c.left.tolist(), c.right.tolist(), strict=True))
+    assert len(got) == len(c)
+    assert got == brute_force_swap(df, SWAP, 40)
+    both = block_records(df, (*RULES, SWAP), max_block_size=40)
+    union = brute_force(df, RULES, 40) | brute_force_swap(df, SWAP, 40)
+    assert set(zip(both.left.tolist(), both.right.tolist(), strict=True)) == union
+    assert len(both) == len(union)  # a pair found by an earlier rule is not repeated
+    assert both.report.rules[2].swap_with == ["surname_root", "birth_year"]
+
+
+def test_oversized_swapped_block_is_reported_with_the_key_of_its_first_side():
+    # eight Alis (surname) born 1980 and one record whose given name is Ali: a block of 9
+    rows = [("ali", f"g{i}", 1980) for i in range(8)] + [("g0", "ali", 1980)]
+    c = block_records(frame(rows), (SWAP,), max_block_size=5)
+    rep = c.report.rules[0]
+    assert rep.oversized_blocks == 1 and rep.oversized_records == 9
+    assert rep.oversized_examples == [{"key": {"given_std": "ali", "birth_year": 1980},
+                                       "size": 9}]
+    # record 8's surname g0 is record 0's given name: a block of two, kept
+    assert list(zip(c.left.tolist(), c.right.tolist(), strict=True)) == [(0, 8)]
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ({"columns": ["given_std", "birth_year"], "swap_with": ["surname_std"]},
+         "blocking_rules[0].swap_with: expected a list of 2 column name(s)"),
+        ({"columns": ["given_std"], "swap_with": ["given_std"]},
+         "blocking_rules[0].swap_with: same columns as columns"),
+        ({"columns": ["given_std"], "swap": ["surname_std"]},
+         "blocking_rules[0].swap: unknown key"),
+    ],
+)
+def test_swapped_rule_settings_are_checked(rule, problem):
+    from matching.errors import MatchingError
+    from matching.settings import LinkageSettings
+
+    data = {"blocking_rules": [rule],
+            "comparisons": [{"name": "given", "kind": "string", "column": "given_std"}]}
+    with pytest.raises(MatchingError, match=re.escape(problem)):
+        LinkageSettings.from_dict(data)
+
+
+def test_swapped_rule_round_trips_and_is_named_after_both_sides():
+    from matching.settings import LinkageSettings
+
+    data = {"blocking_rules": [{"columns": ["given_std", "birth_year"],
+                                "swap_with": ["surname_std", "birth_year"]}],
+            "comparisons": [{"name": "given", "kind": "string", "column": "given_std"}]}
+    s = LinkageSettings.from_dict(data)
+    assert s.blocking_rules[0].name == "given_std+birth_year~surname_std+birth_year"
+    assert LinkageSettings.from_dict(s.to_dict()) == s

@@ -128,8 +128,34 @@ def test_sex_levels(a, b, expected):
 def test_parents_compared_only_where_both_registers_have_them():
     a = {"father_name": "Olim", "mother_name": "Zarina"}
     b = {"father_name": None, "mother_name": "Zarina"}
-    assert level("father", a, b) == "null"
+    assert level("patronymic", a, b) == "null"
     assert level("mother", a, b) == "exact"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        # a birth record with the father's name, an ID card with the patronymic
+        ({"father_name": "Olim"}, {"patronymic": "Olimovich"}, "exact"),
+        ({"father_name": "Олим"}, {"patronymic": "Olimzoda"}, "exact"),
+        ({"father_name": "Karim"}, {"patronymic": "Olimovich"}, "else"),
+        # the patronymic wins where a record has both: one fact, counted once
+        ({"patronymic": "Olimovich", "father_name": "Olim"},
+         {"patronymic": "Olimovna", "father_name": "Olim"}, "exact"),
+        ({"patronymic": "Karimovich", "father_name": "Olim"},
+         {"patronymic": "Olimovich"}, "else"),
+        ({"father_name": "Olim"}, {"patronymic": "O."}, "initial"),
+        ({"father_name": "Karim"}, {"patronymic": "O."}, "else"),
+        ({"father_name": "Olim"}, {}, "null"),
+    ],
+)
+def test_fathers_name_stands_in_for_a_missing_patronymic(a, b, expected):
+    assert level("patronymic", a, b) == expected
+
+
+def test_no_separate_father_comparison_counts_the_patronymic_twice():
+    columns = [c for spec in SETTINGS.comparisons for c in spec.column_names]
+    assert columns.count("father_root") == 1
 
 
 def test_absent_column_is_null_with_a_warning():

@@ -188,7 +188,7 @@ def test_settings_problems_are_reported_together_with_their_keys():
         LinkageSettings.from_dict(bad, source="linkage.yaml")
     message = str(err.value)
     for key in ("max_block_size", "thresholds.retian", "thresholds.review",
-                "comparisons[9] (x).kind"):
+                f"comparisons[{len(BASE['comparisons'])}] (x).kind"):
         assert key in message
     assert message.startswith("linkage.yaml: 4 problem(s)")
 

@@ -158,3 +158,65 @@ def test_loading_a_file_that_is_not_a_model_says_so(tmp_path):
     path.write_text('{"hello": 1}', encoding="utf-8")
     with pytest.raises(MatchingError, match="model"):
         FellegiSunterModel.load(path)
+
+
+# ---- smoothing of m and the u sample ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "counts", "u"),
+    [
+        # sex: 50,000 matches in training, none with a different sex (a clean batch)
+        ("sex never differs in training", [0, 50_000], [0.5, 0.5]),
+        # patronymic: a disagreement seen twice among 50,000 matches
+        ("patronymic rarely differs", [2, 1_000, 48_998], [0.97, 0.02, 0.01]),
+        # birth date: same year only, never among matches
+        ("birth date same year only", [0, 30, 0, 49_970], [0.98, 0.017, 0.0027, 0.0003]),
+    ],
+)
+def test_no_level_counts_less_than_the_floor(case, counts, u):
+    from matching.model import smooth_m
+
+    m = smooth_m(np.array(counts, float), np.array(u), prior_pairs=1.0,
+                 min_log2_bayes_factor=-10.0)
+    bits = np.log2(m / np.array(u))
+    assert m.sum() == pytest.approx(1.0)
+    assert bits.min() >= -10.01, case
+    # well-observed levels keep their share
+    big = np.argmax(counts)
+    assert m[big] == pytest.approx(counts[big] / sum(counts), rel=0.01)
+
+
+def test_a_disagreement_unseen_in_training_weighs_at_most_the_floor(trained):
+    records, _, _ = trained
+    records = records.copy()
+    # every duplicate keeps its district: "else" never occurs among the training matches
+    first = records.groupby("person_id")["district_std"].transform("first")
+    records["district_std"] = first
+    settings = dict(SETTINGS, training=dict(SETTINGS["training"], min_log2_bayes_factor=-8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Linker(settings).train(records)
+    district = model.parameters[3]
+    assert district.log2_bayes_factors()[1 + district.labels.index("else")] >= -8.01
+    assert model.settings.training.min_log2_bayes_factor == -8
+
+
+@pytest.mark.parametrize(
+    ("n", "per_record", "expected"),
+    [
+        (40, 100, 40 * 39 // 2),    # a handful of records: every pair
+        (3000, 100, 300_000),       # small data: a multiple of the records
+        (3000, 1000, 1_000_000),    # the configured maximum
+    ],
+)
+def test_u_sample_size_follows_the_data(n, per_record, expected):
+    records = population(n // 2, seed=3)
+    settings = dict(SETTINGS, training=dict(SETTINGS["training"], u_sample_pairs=1_000_000,
+                                           u_pairs_per_record=per_record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = Linker(settings).train(records)
+        b = Linker(settings).train(records)
+    assert a.training["u_sample_pairs"] == expected
+    assert a.to_dict()["comparisons"] == b.to_dict()["comparisons"]  # same seed, same u
