@@ -24,8 +24,12 @@ COMMAND_MODULES = (
     "pipelines.validate_command",
     "pipelines.link_command",
     "pipelines.evaluate_command",
+    "pipelines.run_command",
+    "pipelines.mpi_commands",
     "pipelines.demo",
     "pipelines.db_command",
+    "pipelines.consistency_command",
+    "pipelines.web_command",
 )
 
 log = logging.getLogger("reglink")

@@ -9,7 +9,8 @@ import pytest
 
 from pipelines.cli import available_commands, main
 
-EXPECTED_COMMANDS = {"synth", "extract", "link", "evaluate", "demo"}
+EXPECTED_COMMANDS = {"synth", "extract", "link", "evaluate", "demo", "run", "person", "export",
+                     "decide"}
 
 
 def test_every_documented_command_is_installed():

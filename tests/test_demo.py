@@ -14,7 +14,7 @@ def test_demo_runs_every_step_and_links_accurately(tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     run = tmp_path / "runs" / "demo"
-    crosswalk = pd.read_csv(run / "link" / "crosswalk.csv", dtype=str)
+    crosswalk = pd.read_csv(run / "cluster" / "crosswalk.csv", dtype=str)
     truth = pd.read_csv(tmp_path / "source" / "truth.csv", dtype=str)
     quarantine = pd.read_parquet(run / "validate" / "quarantine.parquet")
     quarantined = quarantine[quarantine["severity"] == "error"]
@@ -31,3 +31,10 @@ def test_demo_runs_every_step_and_links_accurately(tmp_path, capsys):
     precision, recall, f1 = (float(x) for x in line.split()[1:4])
     assert f1 > 0.95, line
     assert "demo finished" in out
+    # The run was published: the MPI holds every linked record, and the demo says where.
+    assert main(["export", "crosswalk", "--out", str(tmp_path / "cw.csv"),
+                 "--data-dir", str(tmp_path)]) == 0
+    published = pd.read_csv(tmp_path / "cw.csv", dtype=str)
+    assert set(zip(published.register, published.record_id, strict=True)) == linked
+    assert published["mpi_id"].nunique() == crosswalk["cluster_id"].nunique()
+    assert "published" in out and "reglink person" in out

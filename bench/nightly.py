@@ -1,0 +1,149 @@
+"""Nightly-run benchmark: a whole country, then a nightly delta, on PostgreSQL (or SQLite).
+
+    .venv/bin/python bench/nightly.py --persons 1000000 --pg
+
+1. synthesise the country (once, kept under --work);
+2. run 1: the whole nightly run (extract → validate → link → assign IDs → publish), full;
+3. write a nightly delta (--delta share of the records corrected, added or deleted);
+4. run 2: the incremental run over the delta;
+5. a full relink of run 2's data (train, score, cluster; no publish), and the pairwise F1
+   between the incremental and the full crosswalk;
+6. ID stability: the share of run 1's MPI IDs still active after run 2.
+
+Targets (issue 5): run 1 for 1,000,000 persons on PostgreSQL under 10 min with peak memory
+under 8 GB; run 2 over a 0.5 % delta under 1 min; ≥ 99.9 % of IDs kept; incremental vs full
+pairwise F1 ≥ 0.999. Figures go to bench/results/nightly_<persons>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipelines.link import cluster_run, link_records, standardise_run  # noqa: E402
+from pipelines.mpi.incremental import crosswalk_agreement, make_nightly_delta  # noqa: E402
+from pipelines.steps import RunContext, run_all  # noqa: E402
+
+log = logging.getLogger("bench.nightly")
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+def make_pg_database(admin_url: str) -> str:
+    import psycopg2
+
+    name = f"reglink_bench_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://") + \
+        f"/{name}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--persons", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--delta", type=float, default=0.005)
+    parser.add_argument("--pg", action="store_true", help="use a new PostgreSQL database")
+    parser.add_argument("--pg-admin", default=os.environ.get(
+        "REGLINK_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/reglink-nightly"))
+    parser.add_argument("--skip-full-compare", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = ROOT / "config"
+    work = args.work / str(args.persons)
+    source = work / "source"
+    if not (source / "truth.csv").is_file():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipelines.cli", "synth", "--persons",
+                        str(args.persons), "--seed", str(args.seed), "--out", str(source)],
+                       check=True, cwd=ROOT)
+        log.info("synth: %.0f s", time.perf_counter() - t)
+    data = work / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    url = make_pg_database(args.pg_admin) if args.pg else None
+    results: dict = {"persons": args.persons, "database": "postgresql" if url else "sqlite",
+                     "delta_share": args.delta, "cores": os.cpu_count()}
+
+    ctx1 = RunContext(run_id="20260101T000000Z", config_dir=config, data_dir=data,
+                      database_url=url, source_dir=source, data_docs=False)
+    t = time.perf_counter()
+    s1 = run_all(ctx1)
+    results["run1_seconds"] = round(time.perf_counter() - t, 1)
+    results["run1_steps_seconds"] = s1.seconds
+    results["run1_peak_rss_gb"] = round(peak_gb(), 2)
+    results["records"] = s1.steps["assign_ids"]["records"]
+    results["run1_persons"] = s1.steps["assign_ids"]["persons"]
+    log.info("run 1: %.0f s, peak %.2f GB", results["run1_seconds"], results["run1_peak_rss_gb"])
+
+    delta_source = work / "source_delta"
+    shutil.rmtree(delta_source, ignore_errors=True)
+    results["delta"] = make_nightly_delta(source, delta_source, config, share=args.delta,
+                                          seed=args.seed + 1)
+    ctx2 = RunContext(run_id="20260102T000000Z", config_dir=config, data_dir=data,
+                      database_url=url, source_dir=delta_source, data_docs=False)
+    t = time.perf_counter()
+    s2 = run_all(ctx2)
+    results["run2_seconds"] = round(time.perf_counter() - t, 1)
+    results["run2_steps_seconds"] = s2.seconds
+    link_steps = ("standardise", "link", "cluster", "assign_ids", "publish")
+    results["run2_link_to_publish_seconds"] = round(sum(s2.seconds[k] for k in link_steps), 1)
+    results["run2_link"] = {k: v for k, v in s2.steps["link"].items() if k != "blocking"}
+    results["run2_assign"] = s2.steps["assign_ids"]
+    results["ids_kept_share"] = s2.steps["assign_ids"]["ids_kept_share"]
+
+    t = time.perf_counter()
+    s3 = run_all(ctx2)
+    results["rerun2_seconds"] = round(time.perf_counter() - t, 1)
+    results["rerun2_publish"] = s3.steps["publish"]
+
+    if not args.skip_full_compare:
+        full = work / "full" / "runs" / ctx2.run_id
+        shutil.rmtree(full.parent.parent, ignore_errors=True)
+        full.mkdir(parents=True)
+        os.symlink(ctx2.run_dir / "validate", full / "validate")
+        t = time.perf_counter()
+        standardise_run(full)
+        link_records(full, config / "linkage.yaml")
+        cluster_run(full, config / "linkage.yaml")
+        results["full_relink_link_seconds"] = round(time.perf_counter() - t, 1)
+        inc = pd.read_parquet(ctx2.run_dir / "cluster" / "crosswalk.parquet")
+        ref = pd.read_parquet(full / "cluster" / "crosswalk.parquet")
+        results["incremental_vs_full"] = crosswalk_agreement(ref, inc)
+    truth = pd.read_csv(delta_source / "truth.csv", dtype=str)
+    from matching.evaluation import evaluate_clusters
+
+    pred = pd.read_csv(ctx2.run_dir / "cluster" / "crosswalk.csv", dtype=str)
+    ev = evaluate_clusters(truth, pred)
+    results["run2_vs_truth"] = {"pairwise_f1": ev.pairwise.f1,
+                                "pairwise_precision": ev.pairwise.precision,
+                                "pairwise_recall": ev.pairwise.recall}
+    results["peak_rss_gb"] = round(peak_gb(), 2)
+    out = ROOT / "bench" / "results" / f"nightly_{args.persons}.json"
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(json.dumps(results, indent=2, default=str))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
