@@ -181,6 +181,11 @@ persons = sa.Table(
     sa.Column("locality", sa.Text()),
     sa.Column("address", sa.Text()),
     sa.Column("phone", sa.Text()),
+    # Lookup keys for the console (any script finds any other): see migration 0003.
+    sa.Column("surname_key", sa.Text(),
+              comment="matching.translit.name_key(surname): lookup in any script"),
+    sa.Column("given_key", sa.Text(),
+              comment="matching.translit.name_key(given_name): lookup in any script"),
     sa.Column("provenance", JSONDoc, nullable=False, server_default=sa.text("'{}'"),
               comment='source of each golden value: {"surname": {"register": "civil", '
               '"record_id": "B-1"}, ...}'),
@@ -195,6 +200,7 @@ persons = sa.Table(
     sa.Index(None, "pin"),
     sa.Index(None, "surname", "given_name", "birth_date"),
     sa.Index(None, "merged_into"),
+    sa.Index(None, "surname_key", "given_key", "birth_date"),
     comment="The Master Person Index: one row per MPI ID ever issued, with its golden record.",
 )
 
