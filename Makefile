@@ -43,3 +43,24 @@ bench-deps: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# Airflow on this machine (docs/airflow.md): `airflow standalone` (scheduler, dag-processor,
+# triggerer, API server and UI on http://127.0.0.1:8080) with the DAGs of dags/, metadata on
+# SQLite in $(AIRFLOW_HOME). The admin password is printed at start and kept in
+# $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated. Ctrl-C stops everything.
+AIRFLOW_HOME ?= $(CURDIR)/.airflow
+AIRFLOW_PORT ?= 8080
+.PHONY: airflow
+airflow: $(STAMP)
+	mkdir -p $(AIRFLOW_HOME)
+	AIRFLOW_HOME=$(AIRFLOW_HOME) \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__PARALLELISM=4 \
+	AIRFLOW__API__HOST=127.0.0.1 \
+	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
+	REGLINK_CONFIG=$${REGLINK_CONFIG:-$(CURDIR)/config} \
+	REGLINK_DATA_DIR=$${REGLINK_DATA_DIR:-$(CURDIR)/data} \
+	PATH=$(CURDIR)/$(BIN):$$PATH \
+	$(BIN)/airflow standalone
