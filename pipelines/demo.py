@@ -85,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         f"  Data Docs:                  {ctx.run_dir / 'validate' / 'data_docs'}/\n"
         f"  the MPI database:           see 'database:' above; try\n"
         f"      reglink person <MPI ID> --data-dir {data_dir}\n"
-        f"      reglink export crosswalk --out crosswalk.csv --data-dir {data_dir}",
+        f"      reglink export crosswalk --out crosswalk.csv --data-dir {data_dir}\n"
+        f"  the steward console:        reglink users add admin --role admin "
+        f"--data-dir {data_dir}\n"
+        f"      then reglink serve --data-dir {data_dir}  (http://127.0.0.1:8000)",
         file=sys.stdout,
     )
     return 0
