@@ -322,6 +322,9 @@ def main() -> None:
                                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
                                "pages": results}, indent=2, ensure_ascii=False))
     print(f"wrote {out}")
+    from report import refresh_readme  # bench/ is sys.path[0] when run as a script
+
+    refresh_readme()  # README shows the latest figures
 
 
 if __name__ == "__main__":

@@ -241,6 +241,9 @@ def main() -> int:
         drop_pg_database(mpi)
     out = ROOT / "bench" / "results" / f"dag_run_{args.persons}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
+    from report import refresh_readme  # bench/ is sys.path[0] when run as a script
+
+    refresh_readme()  # README shows the latest figures
     print(json.dumps({k: v for k, v in results.items() if k != "tasks"}, indent=2))
     for row in results.get("tasks", []):
         print(f"{row['task']:24} {row['register'] or '':12} {row['state']:8} "

@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "bench" / "results" / f"extract_validate_{args.persons}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    from report import refresh_readme  # bench/ is sys.path[0] when run as a script
+
+    refresh_readme()  # README shows the latest figures
     print(f"validate breakdown: {validation.seconds}")
     print(f"persons={args.persons} records={records} extract_s={extract_s:.1f} "
           f"validate_s={validate_s:.1f} total_s={total_s:.1f} target_s={TARGET_SECONDS}")

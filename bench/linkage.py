@@ -365,6 +365,9 @@ def parent_main(args: argparse.Namespace) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"linkage_{args.dataset}_{size}.json"
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    from report import refresh_readme  # bench/ is sys.path[0] when run as a script
+
+    refresh_readme()  # README shows the latest figures
     print(f"\n{args.dataset}: {n_records:,} records, {result['n_persons']:,} persons, "
           f"seed {args.seed}, {result['machine']['cores']} cores; results in "
           f"{out.relative_to(REPO) if out.is_relative_to(REPO) else out}")

@@ -61,6 +61,9 @@ def main() -> int:
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / f"synth_{args.persons}.json").write_text(json.dumps(result, indent=2) + "\n")
+    from report import refresh_readme  # bench/ is sys.path[0] when run as a script
+
+    refresh_readme()  # README shows the latest figures
     print(f"persons {args.persons:,}: {wall:.1f} s wall, peak RSS {peak_kib / 1024:.0f} MiB, "
           f"{result['total_rows']:,} register rows")
     if not args.keep:
