@@ -219,6 +219,9 @@ def report() -> dict[str, Any]:
     params={
         "full_relink": Param(False, type="boolean",
                              description="relink every record with a newly trained model"),
+        "full_extract": Param(False, type="boolean",
+                              description="read incremental registers whole (drops rows "
+                              "deleted at the source)"),
     },
     tags=["reglink"],
     doc_md=__doc__,

@@ -186,6 +186,7 @@ def build_context(
     source_dir: str | Path | None = None,
     default_root: str | Path = ".",
     full_relink: bool = False,
+    full_extract: bool = False,
     data_docs: bool = True,
 ) -> RunContext:
     """The run's context from explicit values (Airflow variables, the ``reglink_mpi``
@@ -204,6 +205,7 @@ def build_context(
         database_url=url,
         source_dir=Path(source).resolve() if source else None,
         full_relink=full_relink,
+        full_extract=full_extract,
         data_docs=data_docs,
     )
 
@@ -242,7 +244,7 @@ def task_context(
         suffix: set by a DAG other than the nightly one, so that its run ids differ.
         database_uri: the URI of the ``reglink_mpi`` connection, None when there is none.
         variables: the Airflow variables of :data:`VARIABLES` (None: not set).
-        params: the DAG run's params (``full_relink``, ``data_docs``).
+        params: the DAG run's params (``full_relink``, ``full_extract``, ``data_docs``).
         default_root: where ``config/`` and ``data/`` are when nothing else says.
         run_id: the reglink run to work on, instead of the DAG run's own.
     """
@@ -253,6 +255,7 @@ def task_context(
         database_url=sqlalchemy_url(database_uri) if database_uri else None,
         default_root=default_root,
         full_relink=bool(params.get("full_relink", False)),
+        full_extract=bool(params.get("full_extract", False)),
         data_docs=bool(params.get("data_docs", True)),
         **values,
     )

@@ -66,6 +66,7 @@ class ExtractStats:
     """Counts gathered while reading; logged as warnings (counts only, no values)."""
 
     rows: int = 0
+    unchanged: int = 0  # file rows read but not newer than the watermark (incremental)
     unparseable: Counter[str] = field(default_factory=Counter)
     unknown_codes: Counter[str] = field(default_factory=Counter)
 
@@ -284,10 +285,31 @@ def _pg_text(value: Any) -> Any:
     return str(value)
 
 
+def _changed_since(statement: Any, column: str, since: str) -> tuple[Any, tuple[str, str]]:
+    """The rows of ``statement`` whose ``column`` is newer than ``since``, or empty.
+
+    The watermark is a bound parameter, never text in the SQL; it is sent untyped, so the
+    server reads it as the column's own type (timestamp, timestamptz, date, or text). A row
+    whose change time is empty cannot be shown unchanged, so it is extracted every time.
+    """
+    from psycopg2 import sql
+
+    if isinstance(statement, str):
+        # Inside a query run with parameters a literal % must be doubled; a trailing ";"
+        # would end the subquery early.
+        inner: Any = sql.SQL(statement.strip().rstrip(";").replace("%", "%%"))
+    else:
+        inner = statement
+    where = sql.Identifier("reglink_src", column)
+    composed = sql.SQL("SELECT * FROM ({}) AS reglink_src WHERE {} > %s OR {} IS NULL").format(
+        inner, where, where)
+    return composed, (since,)
+
+
 class _PostgresSource:
     """A table or query read through a psycopg2 server-side cursor, ``chunksize`` rows a time."""
 
-    def __init__(self, config: RegisterConfig, chunksize: int):
+    def __init__(self, config: RegisterConfig, chunksize: int, since: str | None = None):
         import psycopg2
         from psycopg2 import sql
 
@@ -316,11 +338,15 @@ class _PostgresSource:
             )
         else:
             statement = source.query
+        params: tuple[Any, ...] | None = None
+        if since is not None and source.incremental is not None:
+            statement, params = _changed_since(statement, source.incremental.watermark_column,
+                                               since)
         self.cursor = self.conn.cursor(name="reglink_extract")
         self.cursor.itersize = chunksize
         self.chunksize = chunksize
         try:
-            self.cursor.execute(statement)
+            self.cursor.execute(statement, params)
             self.first = self.cursor.fetchmany(chunksize)
         except psycopg2.Error as exc:
             self.close()
@@ -608,13 +634,18 @@ class RegisterReader:
         *,
         chunksize: int = DEFAULT_CHUNKSIZE,
         progress: bool = False,
+        since: str | None = None,
     ):
         self.config = config
         self.progress = progress
         self.stats = ExtractStats()
+        if since is not None and config.incremental is None:
+            raise ExtractError(f"{config.path}: register {config.name!r} has no "
+                               "source.incremental block; it cannot be extracted since a time")
+        self.since = since
         source_dir = Path(source_dir)
         if isinstance(config.source, PostgresSource):
-            self._source: Any = _PostgresSource(config, chunksize)
+            self._source: Any = _PostgresSource(config, chunksize, since)
         else:
             files = config.resolve_files(source_dir)
             if config.source.file_format == "parquet":
@@ -651,6 +682,29 @@ class RegisterReader:
         # The union over files, in order of first appearance: one schema for the output.
         return list(dict.fromkeys(c for header in headers.values() for c in header))
 
+    def _changed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Rows of a file newer than the watermark (files are read whole, then filtered).
+
+        Canonical ``source_updated_at`` values are compared as text, which orders ISO
+        timestamps in time; other text would compare wrongly, so it stops the extract.
+        Rows without a change time are kept: nothing shows them unchanged.
+        """
+        updated = frame["source_updated_at"]
+        given = updated.notna()
+        iso = updated.str.match(r"^\d{4}-\d{2}-\d{2}").fillna(False).astype(bool)
+        not_iso = int((given & ~iso).sum())
+        if not_iso:
+            assert self.config.incremental is not None
+            raise ExtractError(
+                f"{self.config.path}: source.incremental: {not_iso} rows have a "
+                f"{self.config.incremental.watermark_column!r} that is not an ISO timestamp "
+                "(YYYY-MM-DD...), so it cannot be compared with the watermark; give "
+                "columns.source_updated_at.format (e.g. \"%d.%m.%Y %H:%M\")"
+            )
+        keep = (~given | (updated > self.since).fillna(False)).to_numpy(dtype=bool)
+        self.stats.unchanged += int((~keep).sum())
+        return frame.loc[keep].reset_index(drop=True)
+
     def empty_frame(self) -> pd.DataFrame:
         """A zero-row frame with the output's columns and dtypes."""
         return pd.DataFrame({c: pd.Series(dtype=_pandas_dtype(c)) for c in self.columns})
@@ -670,6 +724,8 @@ class RegisterReader:
         with bar:
             for chunk in self._source.chunks(bar):
                 canonical = _canonicalise(chunk, self.config, self.native_columns, self.stats)
+                if self.since is not None and not isinstance(self._source, _PostgresSource):
+                    canonical = self._changed(canonical)
                 self.stats.rows += len(canonical)
                 yield canonical
         for column, count in sorted(self.stats.unparseable.items()):
@@ -697,9 +753,16 @@ def open_register(
     *,
     chunksize: int = DEFAULT_CHUNKSIZE,
     progress: bool = False,
+    since: str | None = None,
 ) -> RegisterReader:
-    """Open a register's extract; iterate the result for canonical chunks."""
-    return RegisterReader(config, source_dir, chunksize=chunksize, progress=progress)
+    """Open a register's extract; iterate the result for canonical chunks.
+
+    ``since`` (an incremental register only): keep the rows whose watermark column is newer
+    than this canonical ``source_updated_at`` value, or empty; filtered in SQL for
+    PostgreSQL, after reading for files.
+    """
+    return RegisterReader(config, source_dir, chunksize=chunksize, progress=progress,
+                          since=since)
 
 
 def iter_register(
@@ -708,6 +771,7 @@ def iter_register(
     *,
     chunksize: int = DEFAULT_CHUNKSIZE,
     progress: bool = False,
+    since: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Canonical records of a register, ``chunksize`` source rows at a time.
 
@@ -716,13 +780,15 @@ def iter_register(
         source_dir: folder that relative ``source.path`` values are resolved against.
         chunksize: source rows per chunk; memory use grows with it, not with the extract.
         progress: show a progress bar on stderr (only when it is a terminal).
+        since: only rows changed after this watermark (see :func:`open_register`).
 
     Raises:
         ConfigError: the source path names no file or uses an unset ``${VAR}``.
         ExtractError: the extract cannot be read as configured (missing column, wrong
             encoding, empty file, malformed CSV, database refused).
     """
-    yield from open_register(config, source_dir, chunksize=chunksize, progress=progress)
+    yield from open_register(config, source_dir, chunksize=chunksize, progress=progress,
+                             since=since)
 
 
 def read_register(
@@ -731,13 +797,16 @@ def read_register(
     *,
     chunksize: int = DEFAULT_CHUNKSIZE,
     progress: bool = False,
+    since: str | None = None,
 ) -> pd.DataFrame:
     """All canonical records of a register in one DataFrame (docs/canonical-schema.md).
 
-    See :func:`iter_register` for the arguments and errors; use that (or
-    :func:`extract_register`) when the extract does not fit in memory.
+    See :func:`iter_register` for the arguments and errors, :func:`open_register` for
+    ``since``; use :func:`iter_register` (or :func:`extract_register`) when the extract does
+    not fit in memory.
     """
-    reader = open_register(config, source_dir, chunksize=chunksize, progress=progress)
+    reader = open_register(config, source_dir, chunksize=chunksize, progress=progress,
+                           since=since)
     chunks = list(reader)
     if not chunks:
         return reader.empty_frame()
@@ -753,16 +822,19 @@ def extract_register(
     *,
     chunksize: int = DEFAULT_CHUNKSIZE,
     progress: bool = False,
+    since: str | None = None,
 ) -> ExtractResult:
     """Write a register's canonical records to Parquet, chunk by chunk.
 
     The file appears only when complete (written beside it, then renamed), so a crash
     never leaves a half-written extract that a later step could mistake for a whole one.
+    ``since``: only the changed rows (see :func:`open_register`).
     """
     started = time.perf_counter()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    reader = open_register(config, source_dir, chunksize=chunksize, progress=progress)
+    reader = open_register(config, source_dir, chunksize=chunksize, progress=progress,
+                           since=since)
     partial = out_path.with_name(out_path.name + ".partial")
     try:
         with pq.ParquetWriter(partial, reader.schema, compression="zstd") as writer:

@@ -38,6 +38,7 @@ __all__ = [
     "ColumnSpec",
     "ComposeSpec",
     "FileSource",
+    "IncrementalSpec",
     "PostgresSource",
     "QualityConfig",
     "RegisterConfig",
@@ -234,6 +235,21 @@ class SplitSpec(_Strict):
         return _native_name(value)
 
 
+class IncrementalSpec(_Strict):
+    """``source.incremental``: extract only the rows changed since the last published run.
+
+    ``watermark_column`` is the native column holding each row's last-change time; it is
+    mapped to the canonical ``source_updated_at`` (implicitly when that is not mapped).
+    """
+
+    watermark_column: str
+
+    @field_validator("watermark_column", mode="before")
+    @classmethod
+    def _column_name(cls, value: Any) -> Any:
+        return _native_name(value)
+
+
 class FileSource(_Strict):
     """CSV or Parquet file(s); ``path`` may be a glob and may use ``${VAR}``."""
 
@@ -243,6 +259,7 @@ class FileSource(_Strict):
     encoding: str = "utf-8"
     delimiter: str = ","
     header: bool = True
+    incremental: IncrementalSpec | None = None
 
     @field_validator("encoding")
     @classmethod
@@ -278,6 +295,7 @@ class PostgresSource(_Strict):
     table: str | None = None
     query: str | None = None
     connection_env: str = "REGLINK_SOURCE_URL"
+    incremental: IncrementalSpec | None = None
 
     @model_validator(mode="after")
     def _table_or_query(self) -> PostgresSource:
@@ -315,6 +333,29 @@ class RegisterConfig(_Strict):
 
     _name: str = PrivateAttr(default="")
     _path: Path = PrivateAttr(default=Path())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _watermark_is_source_updated_at(cls, data: Any) -> Any:
+        # The watermark column is what publish advances the watermark from, so it must
+        # reach the canonical source_updated_at; map it there when the file does not.
+        if not isinstance(data, dict) or not isinstance(data.get("source"), dict):
+            return data
+        incremental = data["source"].get("incremental")
+        if not isinstance(incremental, dict) or "watermark_column" not in incremental:
+            return data
+        columns = data.get("columns")
+        if columns is None:
+            columns = {}
+        if isinstance(columns, dict) and "source_updated_at" not in columns:
+            data = {**data, "columns": {**columns,
+                                        "source_updated_at": incremental["watermark_column"]}}
+        return data
+
+    @property
+    def incremental(self) -> IncrementalSpec | None:
+        """The source's ``incremental:`` block, None for a register extracted whole."""
+        return self.source.incremental
 
     @property
     def name(self) -> str:
@@ -401,7 +442,7 @@ _ALL_KEYS = sorted(
         name
         for model in (
             RegisterConfig, FileSource, PostgresSource, ColumnSpec, ComposeSpec, SplitSpec,
-            QualityConfig,
+            QualityConfig, IncrementalSpec,
         )
         for name in model.model_fields
     }
@@ -489,6 +530,20 @@ def _semantic_problems(config: RegisterConfig) -> list[tuple[str, str]]:
             elif target in targets:
                 problems.append((where, f"{target} is already filled by {targets[target]}"))
             targets.setdefault(target, where)
+    incremental = config.source.incremental
+    updated = config.columns.get("source_updated_at")
+    if incremental is not None and updated is not None:
+        where = "source.incremental.watermark_column"
+        if updated.column != incremental.watermark_column:
+            problems.append((where, f"{incremental.watermark_column!r} is not the column "
+                             f"mapped to source_updated_at ({updated.column!r}); the "
+                             "watermark column must be that column"))
+        elif isinstance(config.source, PostgresSource) and updated.format is not None:
+            problems.append(("columns.source_updated_at.format", "a PostgreSQL watermark "
+                             "column is compared in SQL, so it must be a timestamp or date "
+                             "column (or ISO text): remove the format, or convert the column "
+                             "in source.query, e.g. to_timestamp(changed, 'DD.MM.YYYY "
+                             "HH24:MI') AS changed_at"))
     for column in config.quality.required_columns:
         if column not in config.columns and column not in targets:
             problems.append(

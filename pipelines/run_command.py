@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="seed of every random choice (default: linkage.yaml's)")
     parser.add_argument("--full", action="store_true",
                         help="relink every record with a newly trained model")
+    parser.add_argument("--full-extract", action="store_true",
+                        help="read incremental registers whole (drops rows deleted at the "
+                        "source)")
     parser.add_argument("--no-data-docs", action="store_true",
                         help="skip the Great Expectations Data Docs (faster)")
     parser.set_defaults(func=run)
@@ -55,6 +58,7 @@ def context(args: argparse.Namespace, run_id: str | None = None) -> RunContext:
         source_dir=args.source_dir,
         seed=args.seed,
         full_relink=bool(args.full),
+        full_extract=bool(args.full_extract),
         data_docs=not args.no_data_docs,
     )
 

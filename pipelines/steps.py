@@ -75,6 +75,7 @@ class RunContext:
         full_relink: relink every record with a newly trained model instead of linking
             only the changed records against the index with the saved model.
         data_docs: build Great Expectations Data Docs when validating.
+        full_extract: read incremental registers whole (drops rows deleted at the source).
     """
 
     run_id: str
@@ -85,6 +86,7 @@ class RunContext:
     seed: int | None = None
     full_relink: bool = False
     data_docs: bool = True
+    full_extract: bool = False
 
     def __post_init__(self) -> None:
         # Airflow hands strings over; keep Paths inside.
@@ -229,7 +231,7 @@ def configured_registers(ctx: RunContext) -> list[str]:
 
 def extract_register_step(ctx: RunContext, register: str) -> dict[str, Any]:
     """Read one register's extract into ``extract/<register>.parquet``."""
-    from pipelines.extract import extract_register
+    from pipelines.incremental_source import extract_for_run
     from pipelines.registers import load_register_configs
 
     configs = load_register_configs(ctx.config_dir)
@@ -238,7 +240,8 @@ def extract_register_step(ctx: RunContext, register: str) -> dict[str, Any]:
                            f"configured: {', '.join(sorted(configs))}")
     ensure_run(ctx)
     out = ctx.run_dir / "extract" / f"{register}.parquet"
-    result = extract_register(configs[register], _source_dir(ctx), out)
+    result = extract_for_run(configs[register], out, source_dir=_source_dir(ctx),
+                             engine=engine_for(ctx), full_extract=ctx.full_extract)
     log.info("extract %s: %d rows (%.1f s)", register, result.rows, result.seconds)
     return {"register": register, "rows": result.rows, "path": str(result.path),
             "seconds": round(result.seconds, 2)}
