@@ -36,7 +36,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError, ReglinkError
@@ -44,7 +43,7 @@ from pipelines.registers import (
     BOOLEAN_COLUMNS,
     CANONICAL_COLUMNS,
     DATE_COLUMNS,
-    _UniqueKeyLoader,
+    read_yaml_mapping,
 )
 
 __all__ = [
@@ -352,16 +351,7 @@ def load_rules(path: str | Path, registers: Iterable[str] | None = None) -> list
             f"{path}: consistency rules not found; copy config/{CONSISTENCY_FILE} from reglink "
             "into your configuration folder (docs/consistency.md)"
         )
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{path}: {where}not valid YAML: {exc.problem or exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with rules: at top level")
+    data = read_yaml_mapping(path, "rules:")
     try:
         parsed = _ConsistencyFile.model_validate(data)
     except ValidationError as exc:

@@ -560,6 +560,26 @@ def _fail(path: Path, problems: list[tuple[str, str]]) -> ConfigError:
     return ConfigError(f"{path}: {len(problems)} problems:\n{lines}")
 
 
+def read_yaml_mapping(path: Path, expected: str) -> dict[Any, Any]:
+    """A configuration file's top-level mapping; a key written twice is an error.
+
+    Raises:
+        ConfigError: the file is not UTF-8, not YAML (with the line and column), or not a
+            mapping (``expected`` names the keys that should be there).
+    """
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {where}not valid YAML: {exc.problem or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with {expected} at top level")
+    return data
+
+
 def load_register_config(path: str | Path) -> RegisterConfig:
     """Load and validate one register file; its stem is the register's name.
 
@@ -575,16 +595,7 @@ def load_register_config(path: str | Path) -> RegisterConfig:
             f"{path}: the file name is the register's name and may hold only letters, digits, "
             "'_' and '-' (e.g. civil.yaml)"
         )
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{path}: {where}not valid YAML: {exc.problem or exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with source:, columns:, ... at top level")
+    data = read_yaml_mapping(path, "source:, columns:, ...")
     try:
         config = RegisterConfig.model_validate(data)
     except ValidationError as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -382,26 +381,6 @@ def test_shipped_rules_cover_the_issue() -> None:
 # ------------------------------------------------------------------ the step and the views
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """An empty database: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mpi.sqlite'}"
-        return
-    import psycopg2
-
-    server_url = request.getfixturevalue("pg_url")
-    name = f"reglink_consistency_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(server_url.replace("postgresql+psycopg2://", "postgresql://"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _write_run(data_dir: Path, run_id: str, records: pd.DataFrame) -> Path:
@@ -454,9 +433,9 @@ def _table_rows(engine: sa.Engine, table: sa.Table) -> list[tuple]:
 
 
 def test_step_writes_findings_and_metrics_once_and_the_views_chart_them(
-    db_url: str, tmp_path
+    empty_db_url: str, tmp_path
 ) -> None:
-    engine = make_engine(db_url)
+    engine = make_engine(empty_db_url)
     upgrade(engine)
     day1 = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
     # Night 1: a dead pensioner still paid, and a 16-year-old voter.
@@ -596,12 +575,12 @@ def test_cli_reports_a_bad_rules_file_without_traceback(
     assert "Traceback" not in err
 
 
-def test_views_migration_goes_down_and_up_again(db_url: str) -> None:
+def test_views_migration_goes_down_and_up_again(empty_db_url: str) -> None:
     from alembic import command
 
     from pipelines.store.migrations import alembic_config, current_revision
 
-    engine = make_engine(db_url)
+    engine = make_engine(empty_db_url)
     upgrade(engine)
 
     def columns() -> list[str]:

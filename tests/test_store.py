@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -28,32 +27,12 @@ from pipelines.store.migrations import current_revision, head_revision, require_
 log = logging.getLogger(__name__)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """URL of an empty database: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mpi.sqlite'}"
-        return
-    import psycopg2
-
-    server_url = request.getfixturevalue("pg_url")
-    name = f"reglink_store_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(server_url.replace("postgresql+psycopg2://", "postgresql://"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture
-def engine(empty_url: str) -> Iterator[sa.Engine]:
+def engine(empty_db_url: str) -> Iterator[sa.Engine]:
     """An engine on a database upgraded to the newest revision."""
-    eng = make_engine(empty_url)
+    eng = make_engine(empty_db_url)
     upgrade(eng)
     yield eng
     eng.dispose()
@@ -67,8 +46,8 @@ def _start(conn: sa.Connection, run_id: str = "20261127T010000Z") -> str:
 # ---------------------------------------------------------------------------- migrations
 
 
-def test_upgrade_from_empty_creates_every_table_and_view(empty_url: str) -> None:
-    eng = make_engine(empty_url)
+def test_upgrade_from_empty_creates_every_table_and_view(empty_db_url: str) -> None:
+    eng = make_engine(empty_db_url)
     assert current_revision(eng) is None
     before, after = upgrade(eng)
     assert (before, after) == (None, head_revision())
@@ -97,8 +76,8 @@ def test_upgrade_twice_changes_nothing(engine: sa.Engine) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.runs)).scalar() == 1
 
 
-def test_require_head_refuses_a_database_without_schema(empty_url: str) -> None:
-    eng = make_engine(empty_url)
+def test_require_head_refuses_a_database_without_schema(empty_db_url: str) -> None:
+    eng = make_engine(empty_db_url)
     with eng.connect() as conn, pytest.raises(DatabaseError, match="reglink db upgrade"):
         require_head(conn)
     eng.dispose()
@@ -490,14 +469,14 @@ def test_naive_timestamps_are_refused(engine: sa.Engine) -> None:
         conn.execute(sa.update(schema.watermarks).values(updated_at=datetime(2026, 1, 1)))
 
 
-def test_cli_db_upgrade_and_current(empty_url: str, capsys: pytest.CaptureFixture) -> None:
-    assert main(["db", "current", "--database-url", empty_url]) == 1
+def test_cli_db_upgrade_and_current(empty_db_url: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["db", "current", "--database-url", empty_db_url]) == 1
     assert "reglink db upgrade" in capsys.readouterr().out
-    assert main(["db", "upgrade", "--database-url", empty_url]) == 0
+    assert main(["db", "upgrade", "--database-url", empty_db_url]) == 0
     assert f"to revision {head_revision()}" in capsys.readouterr().out
-    assert main(["db", "upgrade", "--database-url", empty_url]) == 0
+    assert main(["db", "upgrade", "--database-url", empty_db_url]) == 0
     assert "already at revision" in capsys.readouterr().out
-    assert main(["db", "current", "--database-url", empty_url]) == 0
+    assert main(["db", "current", "--database-url", empty_db_url]) == 0
     assert f"revision {head_revision()} (newest)" in capsys.readouterr().out
 
 
