@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from pipelines.runs import run_dir
+from pipelines.tables import format_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,15 +40,7 @@ def summary_table(summary: dict, metrics: list[tuple[str, int, int | None]]) -> 
         for rule, count, denominator in metrics
     ]
     rows += [(rule, "skipped", "-", "-") for rule in summary.get("skipped", [])]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+    return format_table(header, rows)
 
 
 def run(args: argparse.Namespace) -> int:

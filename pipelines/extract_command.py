@@ -16,6 +16,7 @@ from pathlib import Path
 from pipelines.errors import ReglinkError
 from pipelines.extract import DEFAULT_CHUNKSIZE, ExtractResult, extract_register
 from pipelines.registers import load_register_configs
+from pipelines.tables import format_table
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,7 @@ def _summary(results: list[ExtractResult]) -> str:
         (r.register, f"{r.rows:,}", str(r.columns), f"{r.seconds:.1f}", str(r.path))
         for r in results
     ]
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
-    right = {1, 2, 3}
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+    return format_table(header, rows, left=(0, 4))
 
 
 def run(args: argparse.Namespace) -> int:

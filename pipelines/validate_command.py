@@ -14,6 +14,7 @@ from pathlib import Path
 from pipelines.errors import ReglinkError
 from pipelines.registers import load_register_configs
 from pipelines.runs import run_dir
+from pipelines.tables import format_table
 from pipelines.validate import RegisterValidation, validate_run
 
 
@@ -49,15 +50,7 @@ def summary_table(results: list[RegisterValidation]) -> str:
         checks = "ok" if failed == 0 else f"{failed} FAILED"
         rows.append((r.register, f"{r.extracted:,}", f"{r.passed:,}", f"{r.quarantined:,}",
                      f"{r.flagged:,}", checks, f"{r.seconds:.1f}"))
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=True)]
-
-    def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in (0, 5) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
+    return format_table(header, rows, left=(0, 5))
 
 
 def run(args: argparse.Namespace) -> int:
