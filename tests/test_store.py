@@ -508,3 +508,17 @@ def test_malformed_url_is_a_clear_error_without_the_text(capsys: pytest.CaptureF
     assert main(["db", "upgrade", "--database-url", url]) == 2
     err = capsys.readouterr().err
     assert "database URL cannot be parsed" in err and "S3cret-pw" not in err
+
+
+def test_a_failure_after_publish_keeps_the_run_published(empty_db_url):
+    """Consistency failing after publish must not hide the published index from the views."""
+    engine = make_engine(empty_db_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        repo.start_run(conn, "r1", 42, "cfg")
+        repo.finish_run(conn, "r1", "published")
+        repo.finish_run(conn, "r1", "failed", message="consistency: rules file broken")
+        row = conn.execute(sa.select(schema.runs.c.status, schema.runs.c.message)
+                           .where(schema.runs.c.run_id == "r1")).one()
+    assert row.status == "published"
+    assert row.message == "consistency: rules file broken"

@@ -101,6 +101,9 @@ def finish_run(
 ) -> None:
     """Set the run's status: ``validated``, ``published`` or ``failed``.
 
+    A published run is never set ``failed``: its index is the current one. A later step's
+    failure is kept as the run's ``message``.
+
     ``counts`` is merged into the run's counts (a key given again is replaced), so each step
     can add its own. ``published`` and ``failed`` also set ``finished_at``.
 
@@ -111,10 +114,13 @@ def finish_run(
         raise ValueError(f"status {status!r}: expected validated, published or failed")
     runs = schema.runs
     existing = conn.execute(
-        sa.select(runs.c.counts).where(runs.c.run_id == run_id)
+        sa.select(runs.c.counts, runs.c.status).where(runs.c.run_id == run_id)
     ).one_or_none()
     if existing is None:
         raise ValueError(f"run {run_id!r} is not in the runs table; call start_run first")
+    if existing.status == "published" and status == "failed":
+        # A step after publish (consistency, reports) failed: the index stays published.
+        status = "published"
     merged = {**(existing.counts or {}), **(counts or {})}
     values: dict[str, Any] = {"status": status, "counts": merged or None, "message": message}
     if status != "validated":
