@@ -45,6 +45,25 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
+class StepPeaks:
+    """Peak RSS of the process at the end of each step (ru_maxrss only grows: the step
+    whose value jumps is the one that needed the memory)."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, float] = {}
+        self.current: str | None = None
+
+    def __call__(self, name: str) -> None:
+        self.close()
+        self.current = name
+
+    def close(self) -> dict[str, float]:
+        if self.current is not None:
+            self.peaks[self.current] = round(peak_gb(), 2)
+            self.current = None
+        return self.peaks
+
+
 def make_pg_database(admin_url: str) -> str:
     import psycopg2
 
@@ -88,9 +107,12 @@ def main() -> int:
     ctx1 = RunContext(run_id="20260101T000000Z", config_dir=config, data_dir=data,
                       database_url=url, source_dir=source, data_docs=False)
     t = time.perf_counter()
-    s1 = run_all(ctx1)
+    peaks = StepPeaks()
+    s1 = run_all(ctx1, on_step=peaks)
     results["run1_seconds"] = round(time.perf_counter() - t, 1)
     results["run1_steps_seconds"] = s1.seconds
+    results["run1_peak_rss_gb_after_step"] = peaks.close()
+    results["run1_assign_timings"] = s1.steps["assign_ids"].get("timings")
     results["run1_peak_rss_gb"] = round(peak_gb(), 2)
     results["records"] = s1.steps["assign_ids"]["records"]
     results["run1_persons"] = s1.steps["assign_ids"]["persons"]
@@ -103,8 +125,10 @@ def main() -> int:
     ctx2 = RunContext(run_id="20260102T000000Z", config_dir=config, data_dir=data,
                       database_url=url, source_dir=delta_source, data_docs=False)
     t = time.perf_counter()
-    s2 = run_all(ctx2)
+    peaks = StepPeaks()
+    s2 = run_all(ctx2, on_step=peaks)
     results["run2_seconds"] = round(time.perf_counter() - t, 1)
+    results["run2_peak_rss_gb_after_step"] = peaks.close()
     results["run2_steps_seconds"] = s2.seconds
     link_steps = ("standardise", "link", "cluster", "assign_ids", "publish")
     results["run2_link_to_publish_seconds"] = round(sum(s2.seconds[k] for k in link_steps), 1)

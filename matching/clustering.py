@@ -113,6 +113,22 @@ def _check_range(name: str, idx: np.ndarray, n_records: int) -> None:
         )
 
 
+def _unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by sorting (numpy 2.4's hash-based unique is many times slower
+    on millions of integers)."""
+    ordered = np.sort(values, kind="stable")
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if ordered.size else ordered
+
+
+def _unique_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """``np.unique(np.stack([first, second], axis=1), axis=0)`` for integer columns, by
+    sorting."""
+    order = np.lexsort((second, first))
+    a, b = first[order], second[order]
+    keep = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])] if a.size else np.empty(0, bool)
+    return np.stack([a[keep], b[keep]], axis=1)
+
+
 def _dense_ids(labels: np.ndarray) -> np.ndarray:
     """Relabel so that clusters are numbered in the order of their smallest member."""
     n = labels.size
@@ -328,7 +344,7 @@ def cluster_records(
         conflicted[labels[cannot[inside, 0]]] = True
     has_pin = np.flatnonzero(pin != NO_PIN)
     if has_pin.size:
-        comp_pin = np.unique(np.stack([labels[has_pin], pin[has_pin]], axis=1), axis=0)
+        comp_pin = _unique_rows(labels[has_pin], pin[has_pin])
         comps, counts = np.unique(comp_pin[:, 0], return_counts=True)
         conflicted[comps[counts > 1]] = True
     n_conflicted = int(conflicted.sum())
@@ -337,14 +353,14 @@ def cluster_records(
     cut_edges: list[int] = []
     cut_reasons: list[str] = []
     n_forced = 0
-    n_joining = int(n_records - np.unique(labels).size) if n_records else 0
+    n_joining = int(n_records - _unique(labels).size) if n_records else 0
     if n_conflicted:
         (final, cut_edges, cut_reasons, n_forced, n_joining_conflicted) = _constrained(
             labels, conflicted, lo, hi, weight, edge_idx, must, cannot, pin
         )
         # spanning edges in the conflict-free components, plus those the union-find used
         free = ~conflicted[labels]
-        n_joining = int(free.sum() - np.unique(labels[free]).size) + n_joining_conflicted
+        n_joining = int(free.sum() - _unique(labels[free]).size) + n_joining_conflicted
         if n_forced:
             warn(
                 f"{n_forced} cannot-link or different-PIN pairs are in one cluster because "
@@ -466,7 +482,7 @@ def _count_forced(roots: np.ndarray, cannot_l: np.ndarray, pin_l: np.ndarray) ->
         forced += int((roots[cannot_l[:, 0]] == roots[cannot_l[:, 1]]).sum())
     has = pin_l != NO_PIN
     if has.any():
-        pairs = np.unique(np.stack([roots[has], pin_l[has]], axis=1), axis=0)
+        pairs = _unique_rows(roots[has], pin_l[has])
         _, counts = np.unique(pairs[:, 0], return_counts=True)
         forced += int((counts - 1).sum())
     return forced

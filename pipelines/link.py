@@ -44,6 +44,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from matching import LinkageSettings, Linker, standardise
 from matching.blocking import block_records, rule_key, swap_rule_keys
@@ -156,6 +159,19 @@ def standardise_run(run_dir: Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- link
 
 
+def _link_columns(run_dir: Path, settings: LinkageSettings) -> list[str]:
+    """The columns of the records file that linking reads (not the originals beside them)."""
+    wanted = {*KEY, "content_hash"}
+    for rule in settings.blocking_rules:
+        wanted.update(rule.all_columns)
+    for comparison in settings.comparisons:
+        wanted.update(comparison.column_names)
+    if settings.pin_column:
+        wanted.add(settings.pin_column)
+    names = pq.read_schema(records_path(run_dir)).names
+    return [c for c in names if c in wanted]
+
+
 def changed_records(records: pd.DataFrame, previous: pd.DataFrame) -> np.ndarray:
     """Mask of records that are new or whose content changed since ``previous``."""
     prev = previous[[*KEY, "content_hash"]].rename(columns={"content_hash": "_prev"})
@@ -170,25 +186,45 @@ def _settings_key(settings: LinkageSettings) -> str:
 
 
 def _incremental_plan(run_dir: Path, previous_run_dir: Path | None, settings: LinkageSettings,
-                      records: pd.DataFrame) -> tuple[str, np.ndarray | None, str]:
-    """("incremental", changed mask, reason) or ("full", None, reason)."""
+                      records: pd.DataFrame
+                      ) -> tuple[str, np.ndarray | None, str, np.ndarray | None]:
+    """("incremental", changed mask, reason, position now of each previous record (-1:
+    gone)) or ("full", None, reason, None)."""
     if previous_run_dir is None:
-        return "full", None, "no previous published run"
+        return "full", None, "no previous published run", None
     needed = [records_path(previous_run_dir), previous_run_dir / "link" / "model.json",
               previous_run_dir / "link" / "pairs.parquet"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
-        return "full", None, f"previous run {previous_run_dir.name} lacks {', '.join(missing)}"
+        return ("full", None, f"previous run {previous_run_dir.name} lacks "
+                f"{', '.join(missing)}", None)
     model = FellegiSunterModel.load(previous_run_dir / "link" / "model.json")
     if _settings_key(model.settings) != _settings_key(settings):
-        return "full", None, "the linkage settings changed since the saved model"
+        return "full", None, "the linkage settings changed since the saved model", None
     previous = pd.read_parquet(records_path(previous_run_dir), columns=[*KEY, "content_hash"])
-    changed = changed_records(records, previous)
+    now_pos = _positions(previous, records)
+    prev_pos = _positions(records, previous)
+    changed = (prev_pos < 0) | (previous["content_hash"].to_numpy(dtype=np.int64)[
+        np.maximum(prev_pos, 0)] != records["content_hash"].to_numpy(dtype=np.int64))
     share = float(changed.mean()) if len(changed) else 0.0
     if share > MAX_INCREMENTAL_SHARE:
         return "full", None, (f"{share:.1%} of the records changed (more than "
-                              f"{MAX_INCREMENTAL_SHARE:.0%})")
-    return "incremental", changed, f"{int(changed.sum())} new or changed records ({share:.2%})"
+                              f"{MAX_INCREMENTAL_SHARE:.0%})"), None
+    return ("incremental", changed,
+            f"{int(changed.sum())} new or changed records ({share:.2%})", now_pos)
+
+
+def _positions(records: pd.DataFrame, other: pd.DataFrame) -> np.ndarray:
+    """Position in ``other`` of each record of ``records`` (by key; -1: not there), hashed
+    by Arrow without a Python object per key."""
+    def keys(frame: pd.DataFrame) -> pa.Array:
+        return pa.array(frame["register"].astype("string") + "\x00"
+                        + frame["record_id"].astype("string"))
+
+    if len(other) == 0:
+        return np.full(len(records), -1, dtype=np.int64)
+    found = pc.index_in(keys(records), value_set=keys(other))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _touching_blocks(records: pd.DataFrame, settings: LinkageSettings,
@@ -203,13 +239,22 @@ def _touching_blocks(records: pd.DataFrame, settings: LinkageSettings,
             key_a, key_b = swap_rule_keys(records, rule.columns, rule.swap_with, cache)
             wanted = np.union1d(key_a[changed], key_b[changed])
             wanted = wanted[wanted >= 0]
-            keep |= np.isin(key_a, wanted) | np.isin(key_b, wanted)
+            keep |= _member(key_a, wanted) | _member(key_b, wanted)
         else:
             key = rule_key(records, rule.columns, cache)
-            wanted = np.unique(key[changed])
+            wanted = np.sort(key[changed])
             wanted = wanted[wanted >= 0]
-            keep |= np.isin(key, wanted)
+            keep |= _member(key, wanted)
     return keep
+
+
+def _member(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin(values, wanted)`` for a sorted ``wanted``, by binary search (np.isin sorts
+    millions of values each time)."""
+    if wanted.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(wanted, values), wanted.size - 1)
+    return wanted[at] == values
 
 
 def _score_changed(records: pd.DataFrame, model: FellegiSunterModel,
@@ -235,41 +280,40 @@ def _score_changed(records: pd.DataFrame, model: FellegiSunterModel,
     return pairs, report
 
 
-def _keyed(pairs: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
-    left = pairs["left"].to_numpy()
-    right = pairs["right"].to_numpy()
-    out = pairs.copy()
-    reg = records["register"].to_numpy(dtype=object)
-    rid = records["record_id"].to_numpy(dtype=object)
-    out.insert(0, "register_l", reg[left])
-    out.insert(1, "record_id_l", rid[left])
-    out.insert(2, "register_r", reg[right])
-    out.insert(3, "record_id_r", rid[right])
-    return out
+_PAIR_KEYS = ["register_l", "record_id_l", "register_r", "record_id_r"]
 
 
-def _carried_pairs(previous_run_dir: Path, records: pd.DataFrame,
+def _keyed(pairs: pd.DataFrame, records: pd.DataFrame) -> pa.Table:
+    """``pairs`` with both records' keys in front (registers dictionary-encoded), as Arrow."""
+    left = pa.array(pairs["left"].to_numpy(dtype=np.int64))
+    right = pa.array(pairs["right"].to_numpy(dtype=np.int64))
+    register = pa.array(records["register"].astype("string")).dictionary_encode()
+    record_id = pa.array(records["record_id"].astype("string"))
+    table = pa.Table.from_pandas(pairs, preserve_index=False)
+    for i, (name, column, side) in enumerate([
+            ("register_l", register, left), ("record_id_l", record_id, left),
+            ("register_r", register, right), ("record_id_r", record_id, right)]):
+        table = table.add_column(i, name, column.take(side))
+    return table
+
+
+def _carried_pairs(previous_run_dir: Path, now_pos: np.ndarray,
                    changed: np.ndarray) -> pd.DataFrame:
     """The previous run's pairs between records that are still here and unchanged,
-    renumbered to this run's record positions."""
-    prev = pd.read_parquet(previous_run_dir / "link" / "pairs.parquet")
-    position = pd.Series(np.arange(len(records)), index=pd.MultiIndex.from_frame(
-        records[KEY].astype(object)))
-    lpos = position.reindex(pd.MultiIndex.from_arrays(
-        [prev["register_l"].astype(object), prev["record_id_l"].astype(object)],
-        names=KEY)).to_numpy()
-    rpos = position.reindex(pd.MultiIndex.from_arrays(
-        [prev["register_r"].astype(object), prev["record_id_r"].astype(object)],
-        names=KEY)).to_numpy()
-    ok = ~(np.isnan(lpos) | np.isnan(rpos))
-    lpos = np.where(ok, lpos, 0).astype(np.int64)
-    rpos = np.where(ok, rpos, 0).astype(np.int64)
-    ok &= ~(changed[lpos] | changed[rpos])
-    carried = prev.loc[ok].drop(columns=["register_l", "record_id_l", "register_r",
-                                         "record_id_r"]).reset_index(drop=True)
+    renumbered to this run's record positions (``now_pos``: the position now of each record
+    of the previous run, -1 when it is gone)."""
+    path = previous_run_dir / "link" / "pairs.parquet"
+    columns = [c for c in pq.read_schema(path).names if c not in _PAIR_KEYS]
+    prev = pd.read_parquet(path, columns=columns)
+    lpos = now_pos[prev["left"].to_numpy()]
+    rpos = now_pos[prev["right"].to_numpy()]
+    ok = (lpos >= 0) & (rpos >= 0)
+    ok &= ~(changed[np.maximum(lpos, 0)] | changed[np.maximum(rpos, 0)])
+    carried = prev.loc[ok].reset_index(drop=True)
+    del prev
     lo, hi = np.minimum(lpos[ok], rpos[ok]), np.maximum(lpos[ok], rpos[ok])
-    carried["left"] = lo
-    carried["right"] = hi
+    carried["left"] = lo.astype(carried["left"].dtype)
+    carried["right"] = hi.astype(carried["right"].dtype)
     return carried
 
 
@@ -288,10 +332,11 @@ def link_records(run_dir: Path, settings: LinkageSettings | str | Path, *,
     """
     started = time.perf_counter()
     linker = Linker(settings, seed=seed)
-    records = read_records(run_dir)
+    records = read_records(run_dir, columns=_link_columns(run_dir, linker.settings))
     out = Path(run_dir) / "link"
-    mode, changed, reason = ("full", None, "model given") if model_path else _incremental_plan(
-        run_dir, previous_run_dir, linker.settings, records)
+    mode, changed, reason, now_pos = (
+        ("full", None, "model given", None) if model_path
+        else _incremental_plan(run_dir, previous_run_dir, linker.settings, records))
     log.info("link: %d records, %s (%s)", len(records), mode, reason)
     detail: dict[str, Any] = {}
     try:
@@ -299,7 +344,8 @@ def link_records(run_dir: Path, settings: LinkageSettings | str | Path, *,
             assert changed is not None and previous_run_dir is not None
             model = FellegiSunterModel.load(previous_run_dir / "link" / "model.json")
             new_pairs, detail = _score_changed(records, model, changed)
-            carried = _carried_pairs(previous_run_dir, records, changed)
+            assert now_pos is not None
+            carried = _carried_pairs(previous_run_dir, now_pos, changed)
             detail["pairs_carried"] = int(len(carried))
             detail["pairs_rescored"] = int(len(new_pairs))
             detail["model_from_run"] = json.loads(
@@ -322,8 +368,7 @@ def link_records(run_dir: Path, settings: LinkageSettings | str | Path, *,
     pairs = pairs.sort_values(["left", "right"], ignore_index=True)
     th = model.settings.thresholds
     _atomic_write(out / "model.json", model.save)
-    keyed = _keyed(pairs, records)
-    _atomic_write(out / "pairs.parquet", lambda p: keyed.to_parquet(p, index=False))
+    _atomic_write(out / "pairs.parquet", lambda p: pq.write_table(_keyed(pairs, records), p))
     prob = pairs["match_probability"].to_numpy()
     result = {
         "run_id": Path(run_dir).name,
@@ -418,7 +463,7 @@ def cluster_run(run_dir: Path, settings: LinkageSettings | str | Path, *,
     report = linker.cluster_report.to_dict() if linker.cluster_report else {}
     result = {
         "records": int(len(records)),
-        "clusters": int(len(np.unique(cluster_id))) if len(cluster_id) else 0,
+        "clusters": int(cluster_id.max()) + 1 if len(cluster_id) else 0,
         "must_link": int(len(must)),
         "cannot_link": int(len(cannot)),
         "decisions_waiting": waiting,

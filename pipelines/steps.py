@@ -379,9 +379,9 @@ def publish_step(ctx: RunContext) -> dict[str, Any]:
 def _consistency(ctx: RunContext, what: str) -> dict[str, Any]:
     try:
         from pipelines.consistency import run_consistency
-    except ImportError:
-        log.info("%s: pipelines.consistency is not available in this version, skipped", what)
-        return {"skipped": "pipelines.consistency is not available"}
+    except ImportError as exc:
+        log.warning("%s: pipelines.consistency could not be imported (%s), skipped", what, exc)
+        return {"skipped": f"pipelines.consistency is not available: {exc}"}
     result = run_consistency(engine_for(ctx), ctx.run_id, ctx.run_dir, ctx.config_dir)
     return dict(result or {})
 
@@ -405,6 +405,17 @@ class RunSummary:
     run_id: str
     steps: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _release_memory() -> None:
+    """Give the memory a finished step freed back to the system, so that the next step's
+    peak does not stack on it (Arrow's allocator keeps freed pages otherwise)."""
+    import gc
+    import sys
+
+    gc.collect()
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
 
 
 def run_all(ctx: RunContext, *, on_step: Callable[[str], None] | None = None) -> RunSummary:
@@ -433,6 +444,7 @@ def run_all(ctx: RunContext, *, on_step: Callable[[str], None] | None = None) ->
             raise
         summary.seconds[name] = round(time.perf_counter() - t, 2)
         summary.steps[name] = result
+        _release_memory()
         log.info("run %s: %s done (%.1f s)", ctx.run_id, name, summary.seconds[name])
         return result
 

@@ -14,6 +14,7 @@ One scenario per backend, run once (module fixture) and checked by the tests bel
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,7 @@ from pipelines.steps import (
     validation_gate_step,
 )
 from pipelines.steps import _validate as validate_all
+from pipelines.store import schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -223,6 +225,7 @@ def scenario(request, country, tmp_path_factory) -> dict:
     try:
         result = _scenario(country, data_dir, url)
         result["backend"] = request.param
+        result["url"] = url
         result["data_dir"] = data_dir
         yield result
     finally:
@@ -348,3 +351,67 @@ def test_a_decision_from_the_command_line_needs_author_and_reason(scenario, caps
     assert main(["decide", "civil", f"{rb}:{ib}", "--cannot-link", "--author", "s2",
                  "--reason", "x", *common]) == 2
     assert "REGISTER:RECORD_ID" in capsys.readouterr().err
+
+
+def test_an_incremental_run_reads_the_index_from_files_and_redoes_only_changed_persons(
+        scenario):
+    """The nightly run reads the published index from the previous run's files and
+    recomputes golden records only for the persons whose records changed; the result is
+    what recomputing every person gives, and the files match the published database."""
+    from pipelines.mpi.golden import golden_records, load_rules
+    from pipelines.registers import load_register_configs
+
+    assign = scenario["r2"].steps["assign_ids"]
+    assert assign["index_source"] == "files"
+    assert 0 < assign["golden_recomputed"] < assign["persons"] / 2
+    run = scenario["data_dir"] / "runs" / "r2"
+    records = pd.read_parquet(run / "standardise" / "records.parquet")
+    ids = scenario["index_r2"].set_index(["register", "record_id"])["mpi_id"]
+    mpi = ids.reindex(pd.MultiIndex.from_frame(records[["register", "record_id"]])).to_numpy()
+    trust = {n: dict(c.trust) for n, c in load_register_configs(CONFIG).items()}
+    full = golden_records(records, mpi, trust, load_rules(CONFIG), provenance_as_json=True)
+    cols = ["mpi_id", "pin", "surname", "given_name", "birth_date", "address", "provenance"]
+    saved = pd.read_parquet(run / "assign" / "persons.parquet")
+    pd.testing.assert_frame_equal(saved[cols].astype(object).fillna("-"),
+                                  full[cols].astype(object).fillna("-"))
+
+    # The last published run (r5) left files equal to the database's active persons.
+    last = pd.read_parquet(scenario["data_dir"] / "runs" / "r5" / "assign" / "persons.parquet")
+    ctx = RunContext(run_id="r5", config_dir=CONFIG, data_dir=scenario["data_dir"],
+                     database_url=scenario["url"])
+    with engine_for(ctx).connect() as conn:
+        rows = conn.execute(sa.select(schema.persons.c.mpi_id, schema.persons.c.surname,
+                                      schema.persons.c.provenance)
+                            .where(schema.persons.c.status == "active")
+                            .order_by(schema.persons.c.mpi_id)).all()
+    assert [r[0] for r in rows] == last["mpi_id"].tolist()
+    assert [r[1] for r in rows] == last["surname"].astype(object).where(
+        last["surname"].notna(), None).tolist()
+    assert [r[2] for r in rows] == [json.loads(p) for p in last["provenance"]]
+
+
+def test_a_first_publish_on_postgresql_keeps_every_key_and_index(scenario):
+    """The first publish bulk-loads the empty index without its foreign keys and secondary
+    indexes; they are all back afterwards, and still enforced."""
+    if scenario["backend"] != "postgresql":
+        pytest.skip("the bulk load is PostgreSQL's")
+    tables = [schema.persons, schema.person_records, schema.mpi_events, schema.match_pairs]
+    expected_fk = {fk.name for t in tables for fk in t.foreign_key_constraints}
+    expected_ix = {ix.name for t in tables for ix in t.indexes}
+    ctx = RunContext(run_id="r5", config_dir=CONFIG, data_dir=scenario["data_dir"],
+                     database_url=scenario["url"])
+    with engine_for(ctx).connect() as conn:
+        names = [t.name for t in tables]
+        fks = set(conn.exec_driver_sql(
+            "SELECT conname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
+            "WHERE c.contype = 'f' AND t.relname = ANY(%(t)s)", {"t": names}).scalars())
+        ixs = set(conn.exec_driver_sql(
+            "SELECT indexname FROM pg_indexes WHERE tablename = ANY(%(t)s)",
+            {"t": names}).scalars())
+    assert expected_fk <= fks
+    assert expected_ix <= ixs
+    with pytest.raises(sa.exc.IntegrityError):
+        with engine_for(ctx).begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO person_records (register, record_id, mpi_id, linked_run, "
+                "first_seen_run) VALUES ('civil', 'X-1', 'PNOSUCHPERSON', 'r1', 'r1')"))

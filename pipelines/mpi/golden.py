@@ -23,12 +23,15 @@ value keeps the record it came from in ``provenance``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from matching.pin import valid_pin_mask
@@ -67,6 +70,8 @@ def golden_records(
     mpi_id: pd.Series | np.ndarray,
     trust: Mapping[str, Mapping[str, int]],
     recency_first: tuple[str, ...] = DEFAULT_RECENCY_FIRST,
+    *,
+    provenance_as_json: bool = False,
 ) -> pd.DataFrame:
     """One golden record per MPI ID.
 
@@ -76,56 +81,65 @@ def golden_records(
         mpi_id: the MPI ID of each record (same order as ``records``).
         trust: per register, its ``trust:`` ranks (``RegisterConfig.trust``).
         recency_first: attributes ranked by recency before trust.
+        provenance_as_json: give ``provenance`` as canonical JSON text (what
+            ``json.dumps(d, sort_keys=True)`` writes), built column-wise: much faster than
+            a dict per person for a whole country.
 
     Returns:
         ``mpi_id``, the golden attributes, ``surname_key``, ``given_key`` and
-        ``provenance`` (a dict per person), sorted by ``mpi_id``.
+        ``provenance`` (a dict per person, or its JSON text), sorted by ``mpi_id``.
     """
     ids = np.asarray(mpi_id, dtype=object)
     codes, uniques = pd.factorize(ids, sort=True)
     n_persons = len(uniques)
-    register = records["register"].astype(str).to_numpy(dtype=object)
-    record_id = records["record_id"].astype(str).to_numpy(dtype=object)
+    n = len(records)
+    register_text = _text(records["register"])
+    record_id_text = _text(records["record_id"])
+    reg_codes, registers = pd.factorize(register_text, sort=True)
+    register = np.asarray(registers, dtype=object)[reg_codes] if n else np.empty(0, object)
     # Recency: newer first; as a rank so that it sorts with the integer keys below.
     if "source_updated_at" in records.columns:
-        updated = records["source_updated_at"].astype("string")
-        recency = (-pd.Series(pd.factorize(updated, sort=True)[0])).to_numpy()
+        updated = _text(records["source_updated_at"])
+        recency = (-pd.factorize(updated, sort=True)[0]).astype(np.int64)
         recency = np.where(updated.isna().to_numpy(), 1, recency)
     else:
-        recency = np.zeros(len(records), dtype=np.int64)
-    key_rank = pd.factorize(pd.Series(register + "\x00" + record_id), sort=True)[0]
+        recency = np.zeros(n, dtype=np.int64)
+    key_rank = np.empty(n, dtype=np.int64)
+    key_rank[np.lexsort((pd.factorize(record_id_text, sort=True)[0], reg_codes))] = np.arange(n)
 
     out: dict[str, object] = {"mpi_id": uniques}
     sources: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    registers = sorted(set(register))
     for attr in ATTRIBUTES:
-        values = (records[attr].astype("string") if attr in records.columns
+        values = (_text(records[attr]) if attr in records.columns
                   else pd.Series(pd.NA, index=records.index, dtype="string"))
         has = values.notna().to_numpy()
-        rank_by_register = {r: int(trust.get(r, {}).get(attr, _UNTRUSTED)) for r in registers}
-        trust_rank = pd.Series(register).map(rank_by_register).to_numpy(dtype=np.int64)
+        ranks = np.array([int(trust.get(r, {}).get(attr, _UNTRUSTED)) for r in registers],
+                         dtype=np.int64)
+        trust_rank = ranks[reg_codes] if n else np.zeros(0, dtype=np.int64)
         if attr == "pin":
             weak = (~valid_pin_mask(values)).astype(np.int64)
         elif attr == "birth_date" and "birth_date_quality" in records.columns:
-            weak = records["birth_date_quality"].astype("string").map(_QUALITY_RANK).fillna(3)
-            weak = weak.to_numpy(dtype=np.int64)
+            q_codes, q_values = pd.factorize(_text(records["birth_date_quality"]))
+            q_rank = np.array([_QUALITY_RANK.get(v, 3) for v in q_values] + [3],
+                              dtype=np.int64)
+            weak = q_rank[q_codes]  # code -1 (missing) takes the last entry: 3
         else:
-            weak = np.zeros(len(records), dtype=np.int64)
+            weak = np.zeros(n, dtype=np.int64)
         first, second = (recency, trust_rank) if attr in recency_first else (trust_rank, recency)
         idx = np.flatnonzero(has)
         order = idx[np.lexsort((key_rank[idx], second[idx], first[idx], weak[idx], codes[idx]))]
         person = codes[order]
         winner = order[np.r_[True, person[1:] != person[:-1]]] if order.size else order
-        column = np.full(n_persons, None, dtype=object)
-        column[codes[winner]] = values.to_numpy(dtype=object)[winner]
-        out[attr] = column
+        pick = np.full(n_persons, -1, dtype=np.int64)
+        pick[codes[winner]] = winner
+        out[attr] = _take(values, pick)
         sources[attr] = (codes[winner], winner)
         if attr == "birth_date":
-            quality = np.full(n_persons, None, dtype=object)
             if "birth_date_quality" in records.columns:
-                quality[codes[winner]] = records["birth_date_quality"].astype("string") \
-                    .to_numpy(dtype=object)[winner]
-            out["birth_date_quality"] = quality
+                out["birth_date_quality"] = _take(_text(records["birth_date_quality"]), pick)
+            else:
+                out["birth_date_quality"] = pd.Series(pd.NA, index=range(n_persons),
+                                                      dtype="string")
             sources["birth_date_quality"] = sources["birth_date"]
 
     golden = pd.DataFrame(out)
@@ -133,20 +147,33 @@ def golden_records(
         golden["birth_date"].notna(), "missing")
     golden["surname_key"] = _keys(golden["surname"])
     golden["given_key"] = _keys(golden["given_name"])
-    golden["provenance"] = _provenance(n_persons, sources, register, record_id)
+    golden["provenance"] = (_provenance_json if provenance_as_json else _provenance)(
+        n_persons, sources, register, record_id_text)
     return golden
 
 
+def _text(values: pd.Series) -> pd.Series:
+    """A text column as it is when it is text already (no copy), else as ``string``."""
+    if pd.api.types.is_string_dtype(values) and not pd.api.types.is_object_dtype(values):
+        return values.reset_index(drop=True)
+    return values.astype("string").reset_index(drop=True)
+
+
+def _take(values: pd.Series, rows: np.ndarray) -> pd.Series:
+    """``values`` at ``rows`` (-1: missing), keeping the column's text type."""
+    return pd.Series(values.array.take(rows, allow_fill=True))
+
+
 def _keys(values: pd.Series) -> np.ndarray:
-    uniques = values.dropna().unique()
-    mapping = {v: name_key(v) for v in uniques}
-    keys = values.map(mapping).astype(object)
-    return keys.where(keys.notna(), None).to_numpy(dtype=object)
+    codes, uniques = pd.factorize(values)
+    keys = np.array([name_key(v) for v in uniques] + [None], dtype=object)
+    return keys[codes]  # code -1 (missing) takes the last entry: None
 
 
 def _provenance(n: int, sources: dict[str, tuple[np.ndarray, np.ndarray]],
-                register: np.ndarray, record_id: np.ndarray) -> list[dict]:
+                register: np.ndarray, record_id: pd.Series | np.ndarray) -> list[dict]:
     """Per person: {attribute: {"register": ..., "record_id": ...}} for each golden value."""
+    record_id = np.asarray(record_id, dtype=object)
     names = list(sources)
     columns = []
     for attr in names:
@@ -157,3 +184,50 @@ def _provenance(n: int, sources: dict[str, tuple[np.ndarray, np.ndarray]],
         columns.append(column)
     return [{a: v for a, v in zip(names, values, strict=True) if v is not None}
             for values in zip(*columns, strict=True)] if columns else [{}] * n
+
+
+_PLAIN_JSON = r"^[ !#-\[\]-~]*$"  # printable ASCII but quote and backslash: JSON as it is
+
+
+def _s(text: str) -> pa.Scalar:
+    return pa.scalar(text, pa.large_string())
+
+
+def _json_strings(text: pa.Array) -> pa.Array:
+    """Each value as a JSON string literal (what ``json.dumps`` writes)."""
+    quoted = pc.binary_join_element_wise(_s('"'), text, _s('"'), _s(""))
+    plain = pc.fill_null(pc.match_substring_regex(text, _PLAIN_JSON), False).to_numpy(
+        zero_copy_only=False)
+    if plain.all():
+        return quoted
+    out = quoted.to_numpy(zero_copy_only=False).astype(object)
+    out[~plain] = [json.dumps(v) for v in text.filter(pa.array(~plain)).to_pylist()]
+    return pa.array(out, type=pa.large_string())
+
+
+def _provenance_json(n: int, sources: dict[str, tuple[np.ndarray, np.ndarray]],
+                     register: np.ndarray, record_id: pd.Series | np.ndarray) -> pd.Series:
+    """:func:`_provenance` as ``json.dumps(..., sort_keys=True)`` text, per person (built
+    column-wise with Arrow: a country's million persons in seconds)."""
+    rows = [row for _, row in sources.values() if row.size]
+    if not rows:
+        return pd.Series(["{}"] * n, dtype="str")
+    used = np.flatnonzero(np.bincount(np.concatenate(rows), minlength=len(record_id)))
+    at = np.full(len(record_id), -1, dtype=np.int64)
+    at[used] = np.arange(used.size)
+    rid = _json_strings(pa.array(record_id, type=pa.large_string()).take(used))
+    reg = _json_strings(pa.array(register[used], type=pa.large_string()))
+    pieces = []
+    for attr in sorted(sources):
+        person, row = sources[attr]
+        piece = pc.binary_join_element_wise(
+            _s(f'"{attr}": {{"record_id": '), rid.take(at[row]), _s(', "register": '),
+            reg.take(at[row]), _s("}, "), _s(""))
+        slot = np.full(n, -1, dtype=np.int64)
+        slot[person] = np.arange(person.size)
+        pieces.append(pc.fill_null(piece.take(pa.array(slot, mask=slot < 0)), _s("")))
+    # Each piece ends in ", "; the last one's is trimmed (a piece itself ends in "}").
+    joined = pc.utf8_rtrim(pc.binary_join_element_wise(*pieces, _s("")), characters=", ")
+    # Kept as Arrow text: a million persons' provenance as Python strings is gigabytes.
+    return pd.Series(pd.arrays.ArrowStringArray(
+        pc.binary_join_element_wise(_s("{"), joined, _s("}"), _s(""))))

@@ -23,15 +23,21 @@ transaction, after every write and before the commit (for crash tests and demons
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -79,50 +85,87 @@ def check_conservation(run_dir: Path, n_records: int) -> dict[str, Any]:
             for name, r in registers.items()}
 
 
-def _pair_frame(run_dir: Path, crosswalk: pd.DataFrame, records_linked: np.ndarray
-                ) -> pd.DataFrame:
+#: Linked pairs kept in ``match_pairs`` per run (the weakest first): a first run of a whole
+#: country links millions; every pair stays in ``link/pairs.parquet``.
+LINKED_PAIRS_KEPT = 100_000
+
+
+def _json_as_text(table: sa.Table) -> sa.Table:
+    """``table`` with its JSON columns typed as text, for frames that hold JSON text already
+    (built column-wise, much faster than a dict per row serialised one by one)."""
+    columns = [sa.Column(c.name, sa.Text() if isinstance(c.type, sa.JSON) else c.type,
+                         primary_key=c.primary_key, autoincrement=c.autoincrement,
+                         default=c.default.arg if c.default is not None else None)
+               for c in table.columns]
+    unique = [sa.UniqueConstraint(*(c.name for c in con.columns))
+              for con in table.constraints if isinstance(con, sa.UniqueConstraint)]
+    return sa.Table(table.name, sa.MetaData(), *columns, *unique)
+
+
+def _json_numbers(values: np.ndarray) -> np.ndarray:
+    return np.array(["null" if v != v else repr(v) for v in values.tolist()], dtype=object)
+
+
+def _explanations(table: pa.Table, names: list[str]) -> np.ndarray:
+    """Each pair's ``{comparison: {"level": ..., "weight": ...}}`` as JSON text."""
+    out = np.full(table.num_rows, "{", dtype=object)
+    for k, name in enumerate(names):
+        level = table.column(f"gamma_{name}").to_numpy().astype(np.int64).astype(str)
+        weight = _json_numbers(np.round(table.column(f"w_{name}").to_numpy().astype(
+            np.float64), 3))
+        out = (out + ("" if k == 0 else ", ") + f'"{name}": {{"level": ' + level.astype(object)
+               + ', "weight": ' + weight + "}")
+    return out + "}"
+
+
+def _pair_frame(run_dir: Path, cluster: np.ndarray, relinked: np.ndarray
+                ) -> tuple[pd.DataFrame, dict[str, int]]:
     """``match_pairs`` rows of the run: the review band (with explanations), links cut by a
-    constraint, and the links of records that were (re)linked in this run."""
-    pairs = pd.read_parquet(run_dir / "link" / "pairs.parquet")
+    constraint, and links of records (re)linked in this run (the weakest
+    :data:`LINKED_PAIRS_KEPT`); and how many pairs of each status there are in all."""
+    path = run_dir / "link" / "pairs.parquet"
+    head = pq.read_table(path, columns=["left", "right", "match_probability", "match_weight"])
     model = json.loads((run_dir / "link" / "model.json").read_text())
     link_th = float(model["settings"]["thresholds"]["link"])
-    cluster = crosswalk["cluster_id"].to_numpy()
-    left, right = pairs["left"].to_numpy(), pairs["right"].to_numpy()
-    prob = pairs["match_probability"].to_numpy(dtype=np.float64)
+    left = head.column("left").to_numpy()
+    right = head.column("right").to_numpy()
+    prob = head.column("match_probability").to_numpy().astype(np.float64)
+    weight = head.column("match_weight").to_numpy().astype(np.float64)
+    del head
     same = cluster[left] == cluster[right]
     status = np.where(same, "linked", np.where(prob >= link_th, "rejected", "review"))
-    relinked = np.zeros(len(crosswalk), dtype=bool)
-    relinked[records_linked] = True
-    keep = (status != "linked") | relinked[left] | relinked[right]
-    pairs, status = pairs.loc[keep].reset_index(drop=True), status[keep]
-    names = [c[len("gamma_"):] for c in pairs.columns if c.startswith("gamma_")]
+    totals = {"linked": int(same.sum()), "rejected": int((~same & (prob >= link_th)).sum()),
+              "review": int((~same & (prob < link_th)).sum())}
+    linked = same & (relinked[left] | relinked[right])
+    linked_rows = np.flatnonzero(linked)
+    if linked_rows.size > LINKED_PAIRS_KEPT:
+        order = np.lexsort((linked_rows, weight[linked_rows]))[:LINKED_PAIRS_KEPT]
+        linked_rows = linked_rows[order]
+    rows = np.sort(np.concatenate([np.flatnonzero(~same), linked_rows]))
+    status = status[rows]
+    names = [c[len("gamma_"):] for c in pq.read_schema(path).names if c.startswith("gamma_")]
+    keys = ["register_l", "record_id_l", "register_r", "record_id_r"]
+    table = pq.read_table(path, columns=[*keys, *(f"{p}_{n}" for n in names
+                                                  for p in ("gamma", "w"))]).take(rows)
     explain = status != "linked"
-    explanation = np.full(len(pairs), None, dtype=object)
+    explanation = np.full(len(rows), None, dtype=object)
     if explain.any() and names:
-        sub = pairs.loc[explain]
-        levels = {n: sub[f"gamma_{n}"].to_numpy().tolist() for n in names}
-        weights = {n: sub[f"w_{n}"].to_numpy(dtype=np.float64).round(3).tolist() for n in names}
-        explanation[explain] = [
-            {n: {"level": levels[n][i], "weight": weights[n][i]} for n in names}
-            for i in range(len(sub))
-        ]
-    lo_first = (pairs["register_l"].astype(str) + "\x00" + pairs["record_id_l"].astype(str)) <= (
-        pairs["register_r"].astype(str) + "\x00" + pairs["record_id_r"].astype(str))
-    sw = ~lo_first.to_numpy()
-
-    def side(a: str, b: str) -> np.ndarray:
-        return np.where(sw, pairs[b].astype(object), pairs[a].astype(object))
-
-    return pd.DataFrame({
-        "register_l": side("register_l", "register_r"),
-        "record_id_l": side("record_id_l", "record_id_r"),
-        "register_r": side("register_r", "register_l"),
-        "record_id_r": side("record_id_r", "record_id_l"),
-        "match_weight": pairs["match_weight"].astype("float64"),
-        "match_probability": pairs["match_probability"].astype("float64"),
+        explanation[explain] = _explanations(table.filter(pa.array(explain)), names)
+    reg_l, rid_l, reg_r, rid_r = (table.column(k).to_pandas().astype(object).to_numpy()
+                                  for k in keys)
+    del table
+    sw = (reg_l + "\x00" + rid_l) > (reg_r + "\x00" + rid_r)
+    frame = pd.DataFrame({
+        "register_l": np.where(sw, reg_r, reg_l),
+        "record_id_l": np.where(sw, rid_r, rid_l),
+        "register_r": np.where(sw, reg_l, reg_r),
+        "record_id_r": np.where(sw, rid_l, rid_r),
+        "match_weight": weight[rows],
+        "match_probability": prob[rows],
         "status": status,
         "explanation": explanation,
     })
+    return frame, totals
 
 
 def _delete_keys(conn: Connection, keys: pd.DataFrame) -> int:
@@ -149,8 +192,9 @@ def _delete_keys(conn: Connection, keys: pd.DataFrame) -> int:
 
 def _events(conn: Connection, run_id: str, events: pd.DataFrame, over_itself: bool
             ) -> pd.DataFrame:
-    frame = events.assign(details=events["details"].map(
-        lambda d: json.loads(d) if isinstance(d, str) else None))
+    """The run's events, ``details`` as JSON text."""
+    frame = events.assign(details=events["details"].astype(object).where(
+        events["details"].notna(), None))
     if over_itself:
         # Republishing over its own index: the assignment only holds what changed since,
         # so the run's earlier events are kept beside it.
@@ -158,11 +202,119 @@ def _events(conn: Connection, run_id: str, events: pd.DataFrame, over_itself: bo
         old = conn.execute(sa.select(t.c.event_type, t.c.mpi_id, t.c.other_mpi_id, t.c.reason,
                                      t.c.details).where(t.c.run_id == run_id)).all()
         earlier = pd.DataFrame([tuple(r) for r in old], columns=list(frame.columns))
+        earlier["details"] = earlier["details"].map(
+            lambda d: json.dumps(d) if d is not None else None)
         frame = pd.concat([earlier, frame], ignore_index=True).drop_duplicates(
             ["event_type", "mpi_id", "other_mpi_id"], keep="last")
     frame["other_mpi_id"] = frame["other_mpi_id"].astype(object).where(
         frame["other_mpi_id"].notna(), None)
     return frame
+
+
+# ------------------------------------------------------------------ writing (PostgreSQL: COPY)
+
+_COPY_ROWS = 500_000
+
+
+def _copy_csv(conn: Connection, target: str, frame: pd.DataFrame) -> None:
+    """``COPY target FROM STDIN`` of ``frame`` as CSV written by Arrow (PostgreSQL): missing
+    values are NULL, JSON columns hold JSON text."""
+    quote = conn.dialect.identifier_preparer.quote
+    sql = (f"COPY {quote(target)} ({', '.join(quote(c) for c in frame.columns)}) "
+           "FROM STDIN WITH (FORMAT csv)")
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        for start in range(0, len(frame), _COPY_ROWS):
+            table = pa.Table.from_pandas(frame.iloc[start:start + _COPY_ROWS],
+                                         preserve_index=False)
+            # A column of only missing values has no type yet: text (NULLs) it is.
+            table = table.cast(pa.schema([pa.field(f.name, pa.string())
+                                          if pa.types.is_null(f.type) else f
+                                          for f in table.schema]))
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(table, sink, options)
+            cursor.copy_expert(sql, io.BytesIO(sink.getvalue().to_pybytes()))
+    finally:
+        cursor.close()
+
+
+def _empty_tables(conn: Connection, tables: list[sa.Table]) -> set[str]:
+    """Which of ``tables`` hold no row (on PostgreSQL; nothing is bulk-loaded on SQLite)."""
+    if conn.dialect.name != "postgresql":
+        return set()
+    return {t.name for t in tables
+            if conn.execute(sa.select(sa.literal(1)).select_from(t).limit(1)).first() is None}
+
+
+@contextmanager
+def _bulk_load(conn: Connection, tables: set[str]) -> Iterator[None]:
+    """Loading a whole country into empty tables (a first run, PostgreSQL): their foreign keys
+    and secondary indexes are dropped for the load and created again after it, in the same
+    transaction. One set-based check per key and one sorted index build replace a trigger
+    and an index insert per row (minutes for millions of rows); a crash rolls it all back."""
+    if not tables:
+        yield
+        return
+    names = sorted(tables)
+    foreign = conn.exec_driver_sql(
+        "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) "
+        "FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
+        "WHERE c.contype = 'f' AND t.relname = ANY(%(t)s) "
+        "AND t.relnamespace = current_schema()::regnamespace ORDER BY 1, 2",
+        {"t": names}).all()
+    indexes = conn.exec_driver_sql(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.tablename = ANY(%(t)s) "
+        "AND i.schemaname = current_schema() AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
+        "WHERE c.conname = i.indexname) ORDER BY 1", {"t": names}).all()
+    quote = conn.dialect.identifier_preparer.quote
+    for table, name, _ in foreign:
+        conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {quote(name)}")
+    for name, _ in indexes:
+        conn.exec_driver_sql(f"DROP INDEX {quote(name)}")
+    yield
+    for _, definition in indexes:
+        conn.exec_driver_sql(definition)
+    for table, name, definition in foreign:
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD CONSTRAINT {quote(name)} {definition}")
+    log.info("publish: bulk-loaded %s (%d keys and %d indexes rebuilt)", ", ".join(names),
+             len(foreign), len(indexes))
+
+
+def _upsert(conn: Connection, table: sa.Table, frame: pd.DataFrame, empty: set[str]) -> None:
+    """Insert or update ``frame``'s rows (JSON columns as JSON text)."""
+    if frame.empty:
+        return
+    if conn.dialect.name != "postgresql":
+        repo.upsert(conn, _json_as_text(table), frame)
+        return
+    if table.name in empty:
+        _copy_csv(conn, table.name, frame)
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    stage = f"_stage_{table.name}"
+    cols = ", ".join(quote(c) for c in frame.columns)
+    key = [c.name for c in table.primary_key.columns]
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {quote(stage)} ON COMMIT DROP AS "
+                         f"SELECT {cols} FROM {quote(table.name)} WITH NO DATA")
+    _copy_csv(conn, stage, frame)
+    update = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in frame.columns
+                       if c not in key)
+    conn.exec_driver_sql(
+        f"INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {quote(stage)} "
+        f"ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {update}")
+    conn.exec_driver_sql(f"DROP TABLE {quote(stage)}")
+
+
+def _replace_run_rows(conn: Connection, table: sa.Table, run_id: str,
+                      frame: pd.DataFrame) -> None:
+    """The run's rows of ``table`` replaced by ``frame`` (JSON columns as JSON text)."""
+    if conn.dialect.name != "postgresql":
+        repo.replace_run_rows(conn, _json_as_text(table), run_id, frame)
+        return
+    conn.execute(sa.delete(table).where(table.c.run_id == run_id))
+    if len(frame):
+        _copy_csv(conn, table.name, frame.assign(run_id=run_id))
 
 
 def _watermarks(records: pd.DataFrame) -> dict[str, str]:
@@ -195,18 +347,19 @@ def publish_run(engine: Engine, run_id: str, run_dir: Path) -> dict[str, Any]:
         raise ReglinkError(f"{summary_path} not found: run the assign step of run {run_id} "
                            "first")
     summary = json.loads(summary_path.read_text())
-    index = pd.read_parquet(out / "person_records.parquet")
+    linked_run = pd.read_parquet(out / "person_records.parquet", columns=["linked_run"])
+    index = linked_run["linked_run"].to_numpy(dtype=object)
+    del linked_run
     conservation = check_conservation(run_dir, len(index))
-    crosswalk = pd.read_parquet(run_dir / "cluster" / "crosswalk.parquet",
-                                columns=["register", "record_id", "cluster_id"])
+    cluster = pd.read_parquet(run_dir / "cluster" / "crosswalk.parquet",
+                              columns=["cluster_id"])["cluster_id"].to_numpy()
     upsert_records = pd.read_parquet(out / "records_upsert.parquet")
     delete_records = pd.read_parquet(out / "records_delete.parquet")
     persons = pd.read_parquet(out / "persons_upsert.parquet")
-    persons["provenance"] = persons["provenance"].map(json.loads)
     retire = pd.read_parquet(out / "persons_retire.parquet")
     events = pd.read_parquet(out / "events.parquet")
-    relinked = np.flatnonzero(index["linked_run"].to_numpy() == run_id)
-    pairs = _pair_frame(run_dir, crosswalk, relinked)
+    pairs, pair_totals = _pair_frame(run_dir, cluster, index == run_id)
+    del cluster
     watermarks = _watermarks(read_records(run_dir, columns=["register", "source_updated_at"]))
     reused = summary.get("index_run") == run_id
 
@@ -224,21 +377,23 @@ def publish_run(engine: Engine, run_id: str, run_dir: Path) -> dict[str, Any]:
             raise PublishConflictError(
                 f"the index was published by run {last} after run {run_id} read it; rerun "
                 f"the assign and publish steps of run {run_id} (or start a new run)")
-        deleted = _delete_keys(conn, delete_records)
-        if len(retire):
-            p = schema.persons
-            conn.execute(
-                sa.update(p).where(p.c.mpi_id == sa.bindparam("m")).values(
-                    status="retired", merged_into=sa.bindparam("into"), updated_run=run_id),
-                [{"m": m, "into": i if isinstance(i, str) else None}
-                 for m, i in zip(retire["mpi_id"], retire["merged_into"], strict=True)])
-        if len(persons):
-            repo.upsert(conn, schema.persons, persons)
-        if len(upsert_records):
-            repo.upsert(conn, schema.person_records, upsert_records)
-        repo.replace_run_rows(conn, schema.mpi_events, run_id,
+        empty = _empty_tables(conn, [schema.persons, schema.person_records,
+                                     schema.mpi_events, schema.match_pairs])
+        with _bulk_load(conn, empty):
+            deleted = _delete_keys(conn, delete_records)
+            if len(retire):
+                p = schema.persons
+                conn.execute(
+                    sa.update(p).where(p.c.mpi_id == sa.bindparam("m")).values(
+                        status="retired", merged_into=sa.bindparam("into"),
+                        updated_run=run_id),
+                    [{"m": m, "into": i if isinstance(i, str) else None}
+                     for m, i in zip(retire["mpi_id"], retire["merged_into"], strict=True)])
+            _upsert(conn, schema.persons, persons, empty)
+            _upsert(conn, schema.person_records, upsert_records, empty)
+            _replace_run_rows(conn, schema.mpi_events, run_id,
                               _events(conn, run_id, events, reused))
-        repo.replace_run_rows(conn, schema.match_pairs, run_id, pairs)
+            _replace_run_rows(conn, schema.match_pairs, run_id, pairs)
         for register, value in sorted(watermarks.items()):
             repo.set_watermark(conn, register, value, run_id)
         n_index = conn.execute(sa.select(sa.func.count()).select_from(
@@ -252,6 +407,7 @@ def publish_run(engine: Engine, run_id: str, run_dir: Path) -> dict[str, Any]:
             "published": {"records": int(len(index)), "persons": int(summary["persons"]),
                           "events": summary["events"], "changes": summary["changes"],
                           "pairs": pairs["status"].value_counts().to_dict(),
+                          "pairs_scored": pair_totals,
                           "registers": conservation, "published_at": utcnow().isoformat()},
         }
         _pause()
