@@ -1,7 +1,7 @@
 """Incremental extraction: read only the rows changed since the last published run.
 
 A register whose ``source:`` has an ``incremental: {watermark_column: ...}`` block
-(docs/register-config.md) is extracted in three moves by :func:`extract_for_run`:
+(README.md, "Register configuration") is extracted in three moves by :func:`extract_for_run`:
 
 1. the **watermark** is read from the MPI database (``watermarks``: the newest
    ``source_updated_at`` the register had in the run that last published it, and that run);

@@ -1,9 +1,9 @@
 """Register configuration: ``config/registers/<register>.yaml`` loaded into typed objects.
 
-The format is documented for users in docs/register-config.md. Every problem in a file is
-collected and raised once as a :class:`~pipelines.errors.ConfigError` whose lines each name
-the file and the key path (``columns.birth_date.format``), so a data steward can fix the
-whole file in one pass.
+The format is documented for users in README.md (section Register configuration). Every
+problem in a file is collected and raised once as a :class:`~pipelines.errors.ConfigError`
+whose lines each name the file and the key path (``columns.birth_date.format``), so a data
+steward can fix the whole file in one pass.
 """
 
 from __future__ import annotations
@@ -622,7 +622,7 @@ def load_register_configs(config_dir: str | Path) -> dict[str, RegisterConfig]:
         hint = f" (found {', '.join(stray)}: rename to .yaml)" if stray else ""
         raise ConfigError(
             f"{folder}: no register configuration (*.yaml){hint}; "
-            "see docs/register-config.md, or pass --config DIR"
+            "see README.md, section Register configuration, or pass --config DIR"
         )
     configs: dict[str, RegisterConfig] = {}
     errors: list[str] = []

@@ -18,7 +18,7 @@ from pipelines.synth.population import REFERENCE_DATE, ROLE_CHILD, generate_chun
 FILES = ["civil.csv", "national_id.csv", "electoral.csv", "pension.csv", "health.parquet",
          "truth.csv", "synth.json"]
 
-# The native layouts documented in docs/synth.md.
+# The native layouts documented in README.md, section The synthetic country.
 NATIVE_COLUMNS = {
     "civil": ["NOMER_ZAPISI", "TIP_ZAPISI", "DATA_ZAPISI", "SVIDETELSTVO", "FAMILIYA", "IMYA",
               "OTCHESTVO", "POL", "DATA_ROZHDENIYA", "DATA_SMERTI", "IMYA_OTCA", "IMYA_MATERI",

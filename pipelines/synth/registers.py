@@ -37,7 +37,8 @@ LAT_TJ, LAT_RU, LAT_ICAO, LAT_X, LAT_RU_A = (
 )
 _LATIN_ALL = np.array([LAT_TJ, LAT_RU, LAT_ICAO, LAT_X, LAT_RU_A])
 
-# Native layouts: column order of each register's file (docs/synth.md describes them).
+# Native layouts: column order of each register's file (README.md, section The synthetic
+# country, describes them).
 COLUMNS: dict[str, list[str]] = {
     "civil": [
         "NOMER_ZAPISI", "TIP_ZAPISI", "DATA_ZAPISI", "SVIDETELSTVO", "FAMILIYA", "IMYA",
