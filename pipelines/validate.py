@@ -832,7 +832,8 @@ def validate_run(
         suites[name] = canonical + own
 
     t0 = time.perf_counter()
-    docs_dir = out_dir / "data_docs" if data_docs else None
+    # GE needs an absolute folder for its site; the data folder is often relative (data/).
+    docs_dir = (out_dir / "data_docs").resolve() if data_docs else None
     shutil.rmtree(out_dir / "data_docs", ignore_errors=True)  # a re-run replaces the pages
     gx = _Gx(docs_dir)
     timings["ge_setup"] = round(time.perf_counter() - t0, 3)
@@ -910,7 +911,7 @@ def validate_run(
             "run_id": run_id,
             "status": status,
             "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "data_docs": str(docs_index.relative_to(out_dir)) if docs_index else None,
+            "data_docs": str(docs_index.relative_to(out_dir.resolve())) if docs_index else None,
             "quarantine": quarantine_path.name,
             "registers": entries,
             "seconds": timings,

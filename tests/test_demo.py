@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 
 from pipelines.cli import main
 
+CONFIG = Path(__file__).resolve().parents[1] / "config"
 
-def test_demo_runs_every_step_and_links_accurately(tmp_path, capsys):
-    status = main(["demo", "--persons", "3000", "--seed", "5", "--data-dir", str(tmp_path)])
+
+def test_demo_runs_every_step_and_links_accurately(tmp_path, monkeypatch, capsys):
+    # As `make demo` does: a data folder relative to the working directory.
+    monkeypatch.chdir(tmp_path)
+    status = main(["demo", "--persons", "3000", "--seed", "5", "--data-dir", "data",
+                   "--config", str(CONFIG)])
     out = capsys.readouterr().out
     assert status == 0, out
+    tmp_path = tmp_path / "data"
     run = tmp_path / "runs" / "demo"
+    assert (run / "validate" / "data_docs" / "index.html").is_file()
     crosswalk = pd.read_csv(run / "cluster" / "crosswalk.csv", dtype=str)
     truth = pd.read_csv(tmp_path / "source" / "truth.csv", dtype=str)
     quarantine = pd.read_parquet(run / "validate" / "quarantine.parquet")
