@@ -85,7 +85,8 @@ def describe(summary: RunSummary, ctx: RunContext) -> str:
         f"{events.get('split', 0):,} splits, {events.get('retire', 0):,} retired, "
         f"{events.get('update', 0):,} updated"
         + (f"; {kept:.2%} of the previous IDs kept" if kept is not None else ""),
-        f"  quarantined rows: {gate.get('quarantined_rows', 0):,}",
+        f"  quarantined records: {gate.get('quarantined_records', 0):,} (kept out of linking); "
+        f"flagged fields: {gate.get('flagged_fields', 0):,}",
         f"  took {sum(summary.seconds.values()):.0f} s ("
         + ", ".join(f"{k} {v:.1f}" for k, v in summary.seconds.items() if v >= 0.05) + ")",
         f"  database: {safe_url(database_url(ctx.data_dir, ctx.database_url))}",

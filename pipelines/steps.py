@@ -319,8 +319,10 @@ def validation_gate_step(ctx: RunContext) -> dict[str, Any]:
         n = repo.record_quarantine(conn, ctx.run_id, quarantine) if len(quarantine) else 0
         if status != "published":
             repo.finish_run(conn, ctx.run_id, "validated", {"validated": counts})
-    return {"status": "passed", "quarantined_rows": int(quarantine["source_row"].size)
-            if len(quarantine) else 0, "quarantine_entries": n, "registers": counts}
+    quarantined = sum(int(c.get("quarantined") or 0) for c in counts.values())
+    flagged = int((quarantine["severity"] == "warning").sum()) if len(quarantine) else 0
+    return {"status": "passed", "quarantined_records": quarantined, "flagged_fields": flagged,
+            "quarantine_entries": n, "registers": counts}
 
 
 def standardise_step(ctx: RunContext) -> dict[str, Any]:
