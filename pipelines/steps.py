@@ -330,7 +330,8 @@ def standardise_step(ctx: RunContext) -> dict[str, Any]:
     content hash per record (what the incremental link compares)."""
     from pipelines.link import standardise_run
 
-    return standardise_run(ctx.run_dir)
+    return standardise_run(ctx.run_dir,
+                           previous_run_dir=None if ctx.full_relink else _base_run_dir(ctx))
 
 
 def _base_run_dir(ctx: RunContext) -> Path | None:
