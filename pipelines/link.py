@@ -323,8 +323,9 @@ def _positions(records: pd.DataFrame, other: pd.DataFrame) -> np.ndarray:
     """Position in ``other`` of each record of ``records`` (by key; -1: not there), hashed
     by Arrow without a Python object per key."""
     def keys(frame: pd.DataFrame) -> pa.Array:
-        return pa.array(frame["register"].astype("string") + "\x00"
-                        + frame["record_id"].astype("string"))
+        register, record_id = (pa.array(frame[k]).cast(pa.large_string()) for k in KEY)
+        return pc.binary_join_element_wise(register, record_id,
+                                           pa.scalar("\x00", pa.large_string()))
 
     if len(other) == 0:
         return np.full(len(records), -1, dtype=np.int64)
@@ -470,7 +471,9 @@ def link_records(run_dir: Path, settings: LinkageSettings | str | Path, *,
                       "model_from_run": Path(run_dir).name}
     except MatchingError as exc:
         raise ReglinkError(f"link step of run {Path(run_dir).name}: {exc}") from exc
-    pairs = pairs.sort_values(["left", "right"], ignore_index=True)
+    order = np.lexsort((pairs["right"].to_numpy(), pairs["left"].to_numpy()))
+    if not (order[1:] > order[:-1]).all():  # carried pairs come sorted; new ones may not
+        pairs = pairs.take(order).reset_index(drop=True)
     th = model.settings.thresholds
     _atomic_write(out / "model.json", model.save)
     _atomic_write(out / "pairs.parquet", lambda p: pq.write_table(_keyed(pairs, records), p))
