@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from matching import LinkageSettings, Linker, standardise
@@ -566,8 +567,11 @@ def cluster_run(run_dir: Path, settings: LinkageSettings | str | Path, *,
     })
     out = run_dir / "cluster"
     _atomic_write(out / "crosswalk.parquet", lambda p: crosswalk.to_parquet(p, index=False))
-    _atomic_write(out / "crosswalk.csv", lambda p: crosswalk[
-        ["register", "record_id", "cluster_id"]].to_csv(p, index=False))
+    # Arrow writes the CSV several times faster than pandas (quoted only where needed).
+    _atomic_write(out / "crosswalk.csv", lambda p: pa_csv.write_csv(
+        pa.Table.from_pandas(crosswalk[["register", "record_id", "cluster_id"]],
+                             preserve_index=False), p,
+        pa_csv.WriteOptions(quoting_style="needed")))
     report = linker.cluster_report.to_dict() if linker.cluster_report else {}
     result = {
         "records": int(len(records)),
