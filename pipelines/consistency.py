@@ -12,20 +12,24 @@ linked to:
 - ``conflict``: the person's subject records disagree on a column (birth date, sex).
 
 :func:`evaluate_rules` is the pure core (DataFrames in, DataFrames out, no I/O): vectorised
-over integer person codes, so millions of records take seconds. :func:`run_consistency` is
-the pipeline step: it reads the run's validated records and the published
-``person_records``, evaluates, and replaces the run's ``consistency_findings`` and
-``consistency_metrics`` in one transaction (a rerun gives the same rows).
+over integer person codes, and each finding's JSON built column-wise by Arrow, so millions
+of records take seconds. :func:`run_consistency` is the pipeline step: it reads the run's
+validated records and the published index (from the files the run's assign step wrote when
+they match the database, else from ``person_records``), evaluates, and replaces the run's
+``consistency_findings`` and ``consistency_metrics`` in one transaction (a rerun gives the
+same rows). On PostgreSQL the findings are copied while the next rule is evaluated.
 """
 
 from __future__ import annotations
 
 import difflib
 import io
+import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +38,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -536,15 +541,16 @@ def _conflicting_persons(rec: _Records, column: str, subject: np.ndarray) -> np.
     conflict = np.zeros(rec.n_persons, dtype=bool)
 
     def more_than_one(mask: np.ndarray, values: np.ndarray) -> None:
-        # Distinct (person, value) pairs as one int64 key; a person in two pairs conflicts.
-        values = values[mask]
-        if not len(values):
+        # A person whose smallest and largest value differ holds two values (no sort of
+        # millions of (person, value) pairs needed).
+        if not mask.any():
             return
-        width = int(values.max()) + 1
-        # (np.unique is many times slower than a plain sort on numpy 2.4.)
-        keys = np.sort(rec.pid[mask] * width + values)
-        distinct = keys[np.r_[True, keys[1:] != keys[:-1]]]
-        conflict[np.bincount(distinct // width, minlength=rec.n_persons) > 1] = True
+        persons, values = rec.pid[mask], values[mask]
+        smallest = np.full(rec.n_persons, np.iinfo(np.int64).max, dtype=np.int64)
+        largest = np.full(rec.n_persons, np.iinfo(np.int64).min, dtype=np.int64)
+        np.minimum.at(smallest, persons, values)
+        np.maximum.at(largest, persons, values)
+        conflict[largest > smallest] = True
 
     if column in DATE_COLUMNS:
         year, month, day = rec.known_parts(column)
@@ -616,22 +622,23 @@ def _metrics(
 def _findings(
     rule: Rule, rec: _Records, flagged: np.ndarray, related: np.ndarray
 ) -> pd.DataFrame:
+    """The rule's findings, ``record_ids`` and ``details`` as JSON text: built column-wise
+    by Arrow, not a dict and a ``json.dumps`` per finding (hundreds of thousands of them in
+    a whole country)."""
     idx = np.flatnonzero(flagged | related)
     if not flagged.any():
         return pd.DataFrame({c: pd.Series(dtype=object) for c in FINDING_COLUMNS})
     # The records behind the findings, ordered by person (codes follow mpi_id order), then
     # register, then record_id: a stable sort on top of a record_id sort.
-    ids = rec.record_id.iloc[idx].reset_index(drop=True)
+    ids = rec.record_id.iloc[idx].astype(str).reset_index(drop=True)
     order = ids.argsort(kind="stable").to_numpy()
-    idx, record_id = idx[order], ids.to_numpy(dtype=object)[order]
+    idx, record_id = idx[order], ids.iloc[order]
     order = np.lexsort((rec.reg[idx], rec.pid[idx]))
-    idx, record_id = idx[order], record_id[order]
+    idx, record_id = idx[order], record_id.iloc[order]
     pid = rec.pid[idx]
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
     ends = np.r_[starts[1:], len(pid)]
     person = pid[starts]
-    names = np.asarray(rec.register_names, dtype=object)
-    register = names[rec.reg[idx]]
 
     # The register where a steward should act: those of the flagged subject records, as a
     # bit set per person, so that joining their names is done once per distinct set.
@@ -642,19 +649,72 @@ def _findings(
         int(b): ",".join(n for k, n in enumerate(rec.register_names) if int(b) >> k & 1)
         for b in pd.unique(bits[person])
     }
-    items = [
-        {"register": r, "record_id": str(i)}
-        for r, i in zip(register.tolist(), record_id.tolist(), strict=True)
-    ]
+    # [{"register": ..., "record_id": ...}, ...] per finding.
+    register_json = pa.array([json.dumps(n) for n in rec.register_names], type=_TEXT)
+    items = _concat('{"register": ', register_json.take(pa.array(rec.reg[idx])),
+                    ', "record_id": ', _json_strings(_text(record_id)), "}")
     return pd.DataFrame(
         {
             "rule": rule.name,
             "mpi_id": np.asarray(rec.persons, dtype=object)[person],
             "register": [label[b] for b in bits[person].tolist()],
-            "record_ids": [items[a:b] for a, b in zip(starts, ends, strict=True)],
-            "details": _details(rule, rec, idx, flagged[idx], starts, ends),
+            "record_ids": _concat("[", _join_groups(items, starts), "]").to_pandas(),
+            "details": _details(rule, rec, idx, flagged[idx], starts, ends).to_pandas(),
         }
     )
+
+
+_TEXT = pa.large_string()
+
+
+def _text(values: pd.Series | np.ndarray) -> pa.Array:
+    """Text values as one Arrow array (missing: null)."""
+    array = pa.array(values, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array.cast(_TEXT)
+
+
+def _concat(*parts: str | pa.Array) -> pa.Array:
+    """Element-wise concatenation of arrays and constant texts (null where one is null)."""
+    values = [pa.scalar(p, type=_TEXT) if isinstance(p, str) else p for p in parts]
+    return pc.binary_join_element_wise(*values, pa.scalar("", type=_TEXT))
+
+
+#: What a JSON string must escape: the quote, the backslash and control characters.
+_JSON_SPECIAL = r'["\\\x00-\x1f]'
+
+
+def _json_strings(values: pa.Array) -> pa.Array:
+    """Each text as a JSON string literal, as ``json.dumps(..., ensure_ascii=False)``
+    writes it (the rare one that needs escaping is written by json.dumps itself)."""
+    quoted = _concat('"', values, '"')
+    special = pc.fill_null(pc.match_substring_regex(values, _JSON_SPECIAL), False)
+    if pc.any(special).as_py():
+        escaped = [json.dumps(v, ensure_ascii=False) for v in values.filter(special).to_pylist()]
+        quoted = pc.replace_with_mask(quoted, special, pa.array(escaped, type=_TEXT))
+    return quoted
+
+
+def _join_groups(items: pa.Array, starts: np.ndarray) -> pa.Array:
+    """``items`` joined with ", " per group; groups are consecutive and begin at
+    ``starts``."""
+    offsets = pa.array(np.r_[starts, len(items)].astype(np.int64))
+    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, items),
+                          pa.scalar(", ", type=_TEXT))
+
+
+def _spread(values: pa.Array, at: np.ndarray, n: int) -> pa.Array:
+    """``n`` values: ``values`` at positions ``at``, null elsewhere."""
+    where = np.full(n, -1, dtype=np.int64)
+    where[at] = np.arange(len(at))
+    return values.take(pa.array(where, mask=where < 0))
+
+
+def _member(key: str, values: pa.Array) -> pa.Array:
+    """The JSON object member ``"key": value, `` of each value (JSON text); "" where the
+    value is null (the key is left out)."""
+    return pc.fill_null(_concat(json.dumps(key) + ": ", values, ", "), "")
 
 
 def _details(
@@ -664,43 +724,70 @@ def _details(
     flagged: np.ndarray,
     starts: np.ndarray,
     ends: np.ndarray,
-) -> list[dict[str, Any]]:
-    """Each finding's details; ``idx`` are the records behind the findings, grouped by
-    finding as ``starts``/``ends`` say, and ``flagged`` which of them are subject records."""
-    out: list[dict[str, Any]] = [{} for _ in starts]
-    group = np.repeat(np.arange(len(starts)), ends - starts)
+) -> pa.Array:
+    """Each finding's details as a JSON object; ``idx`` are the records behind the
+    findings, grouped by finding as ``starts``/``ends`` say, and ``flagged`` which of them
+    are subject records. Keys in this order: each details column (and the time since it,
+    for a date), ``records``, ``values``."""
+    n = len(starts)
+    group = np.repeat(np.arange(n), ends - starts)
+    members: list[pa.Array] = []
     for column in rule.details:
         values = rec.frame[column].iloc[idx].reset_index(drop=True)
         present = values.notna().to_numpy()
         # Dates: the earliest (e.g. the death date); other columns: the first in sort order.
         first = values[present].astype(str).groupby(group[present]).min()
         keys = first.index.to_numpy()
-        text = first.tolist()
-        for k, value in zip(keys.tolist(), text, strict=True):
-            out[k][column] = value
+        members.append(_member(column, _spread(_json_strings(_text(first)), keys, n)))
         if column in DATE_COLUMNS and len(first):
             since = _time_since(column, first, rec.ref)
-            key = _since_key(column)
-            for k, value in zip(keys.tolist(), since.tolist(), strict=True):
-                if value is not None:
-                    out[k][key] = value
+            known = ~np.isnan(since)
+            since_text = _text(since[known].astype(np.int64).astype(str))
+            members.append(_member(_since_key(column), _spread(since_text, keys[known], n)))
     when = rule.finding_when
     if when.count_at_least is not None:
+        # {"register": number of its subject records, ...} for the registers that have
+        # at least count_at_least of them.
         n_reg = len(rec.register_names)
         counts = np.bincount(group[flagged] * n_reg + rec.reg[idx][flagged],
-                             minlength=len(starts) * n_reg).reshape(len(starts), n_reg)
-        for k, code in zip(*np.nonzero(counts >= when.count_at_least), strict=True):
-            out[k].setdefault("records", {})[rec.register_names[code]] = int(counts[k, code])
+                             minlength=n * n_reg).reshape(n, n_reg)
+        many = counts >= when.count_at_least
+        per_register = [
+            _member(name, _spread(_text(counts[many[:, code], code].astype(str)),
+                                  np.flatnonzero(many[:, code]), n))
+            for code, name in enumerate(rec.register_names)
+        ]
+        objects = _concat("{", _without_last_comma(_concat(*per_register)), "}")
+        members.append(_member("records", pc.if_else(pa.array(many.any(axis=1)), objects,
+                                                     pa.scalar(None, type=_TEXT))))
     if when.conflict is not None:
-        values = rec.frame[when.conflict].iloc[idx].to_numpy(dtype=object)
-        registers = np.asarray(rec.register_names, dtype=object)[rec.reg[idx]]
-        for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-            by_register: dict[str, set[str]] = {}
-            for register, value in zip(registers[a:b], values[a:b], strict=True):
-                if not pd.isna(value):
-                    by_register.setdefault(register, set()).add(str(value))
-            out[k]["values"] = {r: sorted(v) for r, v in sorted(by_register.items())}
-    return out
+        values = rec.frame[when.conflict].iloc[idx].reset_index(drop=True)
+        present = values.notna().to_numpy()
+        # {"register": [its distinct values, sorted], ...} per finding, registers in order.
+        pairs = pd.DataFrame({"finding": group[present], "register": rec.reg[idx][present],
+                              "value": values[present].astype(str).to_numpy(dtype=object)})
+        pairs = pairs.drop_duplicates().sort_values(["finding", "register", "value"],
+                                                    ignore_index=True)
+        finding, register = pairs["finding"].to_numpy(), pairs["register"].to_numpy()
+        pair_starts = np.flatnonzero(np.r_[True, (finding[1:] != finding[:-1])
+                                           | (register[1:] != register[:-1])])
+        names = pa.array([json.dumps(r) + ": [" for r in rec.register_names], type=_TEXT)
+        lists = _concat(names.take(pa.array(register[pair_starts])),
+                        _join_groups(_json_strings(_text(pairs["value"])), pair_starts), "]")
+        finding = finding[pair_starts]
+        finding_starts = np.flatnonzero(np.r_[True, finding[1:] != finding[:-1]])
+        objects = _concat("{", _join_groups(lists, finding_starts), "}")
+        # Every finding gets the key ({} if it had no value at all).
+        objects = pc.fill_null(_spread(objects, finding[finding_starts], n), "{}")
+        members.append(_member("values", objects))
+    if not members:
+        return _text(np.full(n, "{}", dtype=object))
+    return _concat("{", _without_last_comma(_concat(*members)), "}")
+
+
+def _without_last_comma(text: pa.Array) -> pa.Array:
+    """``text`` without the ", " that ends it (the last :func:`_member`)."""
+    return pc.replace_substring_regex(text, ", $", "")
 
 
 def _since_key(column: str) -> str:
@@ -709,20 +796,18 @@ def _since_key(column: str) -> str:
     return "age" if column == "birth_date" else f"days_since_{column.removesuffix('_date')}"
 
 
-def _time_since(column: str, dates: pd.Series, ref: date) -> pd.Series:
+def _time_since(column: str, dates: pd.Series, ref: date) -> np.ndarray:
     """Days from ISO dates (the earliest reading of a partial one) to ``ref``; for
-    birth_date, the age in whole years. None where a date cannot be read."""
+    birth_date, the age in whole years. NaN where a date cannot be read."""
     year, month, day = _iso_parts(dates)
     month, day = np.nan_to_num(month, nan=1), np.nan_to_num(day, nan=1)
     if column == "birth_date":
         before = (ref.month * 100 + ref.day) < (month * 100 + day)
-        value = ref.year - year - before
-    else:
-        when = pd.to_datetime(
-            pd.DataFrame({"year": year, "month": month, "day": day}), errors="coerce"
-        )
-        value = (pd.Timestamp(ref) - when).dt.days.to_numpy(dtype=float, na_value=np.nan)
-    return pd.Series([None if np.isnan(v) else int(v) for v in value], dtype=object)
+        return np.asarray(ref.year - year - before, dtype=float)
+    when = pd.to_datetime(
+        pd.DataFrame({"year": year, "month": month, "day": day}), errors="coerce"
+    )
+    return (pd.Timestamp(ref) - when).dt.days.to_numpy(dtype=float, na_value=np.nan)
 
 
 def evaluate_rules(
@@ -750,6 +835,34 @@ def evaluate_rules(
     Raises:
         ValueError: a column a rule needs is missing, or a record has no ``mpi_id``.
     """
+    findings, metrics = _evaluate(records, rules, reference_date)
+    return _parsed(findings), metrics
+
+
+def _parsed(findings: pd.DataFrame) -> pd.DataFrame:
+    """Findings with ``record_ids`` and ``details`` read from their JSON text."""
+    return findings.assign(**{
+        column: pd.Series([json.loads(text) for text in findings[column]], dtype=object,
+                          index=findings.index)
+        for column in ("record_ids", "details")
+    })
+
+
+def _evaluate(
+    records: pd.DataFrame, rules: Sequence[Rule], reference_date: date
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`evaluate_rules` with ``record_ids`` and ``details`` as JSON text."""
+    findings, metrics = [], []
+    for rule_findings, rule_metrics in _each_rule(records, rules, reference_date):
+        findings.append(rule_findings)
+        metrics.append(rule_metrics)
+    return _concat_frames(findings, FINDING_COLUMNS), _concat_frames(metrics, METRIC_COLUMNS)
+
+
+def _each_rule(
+    records: pd.DataFrame, rules: Sequence[Rule], reference_date: date
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Findings (JSON text) and metrics of each rule that is not skipped, in rule order."""
     needed = {"register", "record_id", "mpi_id"}
     for rule in rules:
         needed |= rule.columns() - {"birth_date_quality"}
@@ -759,23 +872,20 @@ def evaluate_rules(
     if records["mpi_id"].isna().any():
         raise ValueError("every record needs an mpi_id; drop the unlinked ones first")
     rec = _Records(records.reset_index(drop=True), reference_date)
-    findings, metrics = [], []
     for rule in rules:
         started = time.perf_counter()
         result = _evaluate_rule(rule, rec)
         if result is None:
             continue
-        findings.append(result[0])
-        metrics.append(result[1])
         log.debug("rule %s: %d finding(s) in %.2f s", rule.name, len(result[0]),
                   time.perf_counter() - started)
-    empty_f = pd.DataFrame({c: pd.Series(dtype=object) for c in FINDING_COLUMNS})
-    empty_m = pd.DataFrame({c: pd.Series(dtype=object) for c in METRIC_COLUMNS})
-    findings_frame = (
-        pd.concat(findings, ignore_index=True) if findings else empty_f
-    )
-    metrics_frame = pd.concat(metrics, ignore_index=True) if metrics else empty_m
-    return findings_frame, metrics_frame
+        yield result
+
+
+def _concat_frames(frames: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    return pd.concat(frames, ignore_index=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,38 +909,192 @@ def run_reference_date(run_id: str, started_at: Any = None) -> date:
     return started_at.astimezone(UTC).date()
 
 
-def _read_person_records(conn: sa.Connection) -> pd.DataFrame:
-    """``register, record_id, mpi_id`` of the published index."""
+#: The columns of the published index that the step reads: each record and its person.
+LINK_COLUMNS = ("register", "record_id", "mpi_id")
+
+
+def _read_person_records(conn: sa.Connection) -> pa.Table:
+    """``register, record_id, mpi_id`` of the published index, from the database."""
     if conn.dialect.name == "postgresql":
         # COPY is several times faster than fetching millions of rows through the cursor.
-        buffer = io.StringIO()
+        buffer = io.BytesIO()
         cursor = conn.connection.dbapi_connection.cursor()
         try:
             cursor.copy_expert(
-                'COPY (SELECT register, record_id, mpi_id FROM person_records) TO STDOUT '
-                "WITH (FORMAT csv, HEADER true)",
+                "COPY (SELECT register, record_id, mpi_id FROM person_records) TO STDOUT "
+                "WITH (FORMAT csv)",
                 buffer,
             )
         finally:
             cursor.close()
-        buffer.seek(0)
-        return pd.read_csv(buffer, dtype=str, keep_default_na=False, na_filter=False)
-    result = conn.exec_driver_sql("SELECT register, record_id, mpi_id FROM person_records")
-    return pd.DataFrame(result.fetchall(), columns=["register", "record_id", "mpi_id"])
+        if buffer.getbuffer().nbytes:
+            buffer.seek(0)
+            return pacsv.read_csv(
+                buffer,
+                read_options=pacsv.ReadOptions(column_names=list(LINK_COLUMNS)),
+                # Every value is text, none is NULL (NOT NULL columns); quoted values may
+                # hold line breaks.
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(LINK_COLUMNS, _TEXT), strings_can_be_null=False
+                ),
+            )
+        rows: list[tuple[Any, ...]] = []
+    else:
+        rows = conn.exec_driver_sql(
+            "SELECT register, record_id, mpi_id FROM person_records"
+        ).fetchall()
+    columns = list(zip(*rows, strict=True)) if rows else [(), (), ()]
+    return pa.table({name: pa.array(values, type=_TEXT)
+                     for name, values in zip(LINK_COLUMNS, columns, strict=True)})
 
 
-def _read_validated(validated: Path, columns: set[str]) -> pd.DataFrame:
+def _links_from_files(
+    conn: sa.Connection, run_id: str, run_dir: Path, published: dict[str, Any]
+) -> pa.Table | None:
+    """The published index as the run's own assign step wrote it
+    (``assign/person_records.parquet``: every record and its ID), or None when that file is
+    gone or may not be what the database holds (then the index is read from the database).
+
+    The run is the latest published run, so the index is its assignment, provided that
+    assignment was computed before the run was published (an assignment over its own index,
+    ``index_run`` = the run, is written by a rerun and may not be published yet), publish
+    recorded the same counts, and ``person_records`` still holds as many rows.
+    """
+    folder = run_dir / "assign"
+    path, summary_path = folder / "person_records.parquet", folder / "summary.json"
+    if not (path.is_file() and summary_path.is_file()):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return None
+    n_rows = pq.read_metadata(path).num_rows
+    if (
+        summary.get("run_id") != run_id
+        or summary.get("index_run") == run_id
+        or published.get("records") != n_rows
+        or published.get("changes") != summary.get("changes")
+    ):
+        return None
+    from pipelines.store import schema
+
+    n_index = conn.execute(
+        sa.select(sa.func.count()).select_from(schema.person_records)
+    ).scalar_one()
+    if n_index != n_rows:
+        log.warning("consistency: %s holds %d records but the published index %d; reading "
+                    "the index from the database", path, n_rows, n_index)
+        return None
+    return pq.read_table(path, columns=list(LINK_COLUMNS))
+
+
+def _read_validated(validated: Path, columns: set[str]) -> pa.Table:
+    """``columns`` of the validated records of every register, as one table."""
     files = sorted(p for p in validated.glob("*.parquet") if p.name != "quarantine.parquet")
     if not files:
         raise ConsistencyError(f"no validated records in {validated}; run `reglink validate`")
-    frames = []
+    tables = []
     for path in files:
         available = set(pq.read_schema(path).names)
-        frame = pd.read_parquet(path, columns=sorted(columns & available))
-        for column in columns - available:
-            frame[column] = pd.NA  # a column the register does not have: all missing
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+        tables.append(pq.read_table(path, columns=sorted(columns & available)))
+    types: dict[str, pa.DataType] = {}
+    for table in tables:
+        for field in table.schema:
+            types.setdefault(field.name, field.type)
+    wanted = sorted(columns)
+    for i, table in enumerate(tables):
+        for column in sorted(columns - set(table.column_names)):
+            # A column the register does not have: all missing.
+            table = table.append_column(
+                column, pa.nulls(table.num_rows, types.get(column, pa.null()))
+            )
+        tables[i] = table.select(wanted)
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _record_keys(register: pa.ChunkedArray, record_id: pa.ChunkedArray) -> pa.ChunkedArray:
+    """(register, record_id) as one text key, hashed by Arrow without a Python object per
+    record (``record_id`` as text, as the index holds it)."""
+    return pc.binary_join_element_wise(
+        register.cast(_TEXT), record_id.cast(_TEXT), pa.scalar("\x00", type=_TEXT)
+    )
+
+
+def _person_of(records: pa.Table, links: pa.Table) -> pa.ChunkedArray:
+    """Each record's ``mpi_id`` in the index ``links`` (null where it is not there)."""
+    found = pc.index_in(
+        _record_keys(records["register"], records["record_id"]),
+        value_set=_record_keys(links["register"], links["record_id"]),
+    )
+    rows = found.drop_null().to_numpy()
+    if len(rows) and np.bincount(rows).max() > 1:
+        raise ConsistencyError(
+            "the validated records hold a (register, record_id) twice; rerun `reglink "
+            "validate`"
+        )
+    return links["mpi_id"].take(found)
+
+
+def _evaluate_into(
+    conn: sa.Connection, run_id: str, records: pd.DataFrame, rules: Sequence[Rule],
+    reference: date,
+) -> tuple[int, pd.DataFrame]:
+    """Evaluate the rules and replace the run's ``consistency_findings`` in the transaction
+    of ``conn``; returns the number of findings and the metrics.
+
+    On PostgreSQL each rule's findings are copied by a second thread while the next rule is
+    evaluated, and checked (keys, foreign keys) as they arrive rather than at the commit, so
+    the database's work overlaps the evaluation instead of following it.
+    """
+    from pipelines.store import repository as repo
+    from pipelines.store import schema
+
+    table = schema.consistency_findings
+    if conn.dialect.name != "postgresql":
+        findings, metrics = _evaluate(records, rules, reference)
+        repo.replace_run_rows(conn, table, run_id, _parsed(findings))
+        return len(findings), metrics
+    conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
+    conn.execute(sa.delete(table).where(table.c.run_id == run_id))
+    dbapi = conn.connection.dbapi_connection
+    metrics, copies, n_findings = [], [], 0
+    # Leaving the block waits for every copy, so none is running when the transaction ends
+    # (committed, or rolled back after an error).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="consistency-copy") as writer:
+        for findings, rule_metrics in _each_rule(records, rules, reference):
+            metrics.append(rule_metrics)
+            if len(findings):
+                n_findings += len(findings)
+                copies.append(writer.submit(_copy_findings, dbapi, run_id, findings))
+        for copy in copies:
+            copy.result()  # the first error, if any
+    return n_findings, _concat_frames(metrics, METRIC_COLUMNS)
+
+
+_FINDINGS_COPY = (
+    "COPY consistency_findings (run_id, rule, mpi_id, register, record_ids, details) "
+    "FROM STDIN WITH (FORMAT csv)"
+)
+
+
+def _copy_findings(dbapi: Any, run_id: str, findings: pd.DataFrame) -> None:
+    """``COPY`` findings (JSON as text) into ``consistency_findings`` (PostgreSQL)."""
+    table = pa.table({
+        "run_id": pa.array(np.full(len(findings), run_id, dtype=object), type=_TEXT),
+        **{c: _text(findings[c]) for c in FINDING_COLUMNS},
+    })
+    sink = pa.BufferOutputStream()
+    # Every text is quoted ("" is an empty text, an unquoted empty field is NULL).
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False,
+                                                    quoting_style="needed"))
+    payload = sink.getvalue().to_pybytes()
+    cursor = dbapi.cursor()
+    try:
+        # Sent in one piece: the thread then waits for the database without the GIL.
+        cursor.copy_expert(_FINDINGS_COPY, io.BytesIO(payload), size=max(len(payload), 8192))
+    finally:
+        cursor.close()
 
 
 def run_consistency(
@@ -838,14 +1102,18 @@ def run_consistency(
 ) -> dict[str, Any]:
     """The consistency step of a run, called after publish.
 
-    Reads ``<run_dir>/validate/<register>.parquet`` and the published ``person_records``,
-    checks ``<config_dir>/consistency.yaml`` and replaces the run's rows of
-    ``consistency_findings`` and ``consistency_metrics`` in one transaction; the run's
-    ``counts`` get a ``consistency`` entry.
+    Reads ``<run_dir>/validate/<register>.parquet`` and the published index (which record
+    belongs to which person): from ``<run_dir>/assign/person_records.parquet``, the index
+    this run published, when that file still matches the database, else from
+    ``person_records``. Checks ``<config_dir>/consistency.yaml`` and replaces the run's rows
+    of ``consistency_findings`` and ``consistency_metrics`` in one transaction; the run's
+    ``counts`` get a ``consistency`` entry. Both ways of reading the index give the same rows.
 
     Returns:
         ``{"reference_date", "records", "unlinked", "findings": {rule: count},
-        "skipped": [rule, ...], "seconds"}``.
+        "skipped": [rule, ...], "index_source": "files" or "database", "seconds"}``
+        (``seconds`` per phase: read_index, read_records, evaluate (with the findings'
+        copy on PostgreSQL), write, total).
 
     Raises:
         ConfigError: bad rules file. ValidationError: the run was not validated.
@@ -859,18 +1127,29 @@ def run_consistency(
     from pipelines.validate import require_validated
 
     started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    mark = [started]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = round(now - mark[0], 2)
+        mark[0] = now
+
+    run_dir = Path(run_dir)
     config_dir = Path(config_dir)
     registers = None
     if (config_dir / "registers").is_dir():
         registers = sorted(load_register_configs(config_dir))
     rules = load_rules(config_dir / CONSISTENCY_FILE, registers)
-    validated = require_validated(Path(run_dir))
+    validated = require_validated(run_dir)
 
     with engine.connect() as conn:
         require_head(conn)
         runs = schema.runs
         run = conn.execute(
-            sa.select(runs.c.status, runs.c.started_at).where(runs.c.run_id == run_id)
+            sa.select(runs.c.status, runs.c.started_at, runs.c.counts).where(
+                runs.c.run_id == run_id
+            )
         ).one_or_none()
         if run is None:
             raise ConsistencyError(
@@ -889,48 +1168,58 @@ def run_consistency(
                 f"run {latest!r} instead"
             )
         reference = run_reference_date(run_id, run.started_at)
-        links = _read_person_records(conn)
+        counts = dict(run.counts or {})
+        links = _links_from_files(conn, run_id, run_dir, counts.get("published") or {})
+        index_source = "files"
+        if links is None:
+            links = _read_person_records(conn)
+            index_source = "database"
+    lap("read_index")
 
     needed = {"register", "record_id"} | {c for r in rules for c in r.columns()}
-    records = _read_validated(validated, needed)
-    records["record_id"] = records["record_id"].astype(str)
-    records = records.merge(links, on=["register", "record_id"], how="left", validate="1:1")
-    unlinked = int(records["mpi_id"].isna().sum())
-    if unlinked == len(records):
+    table = _read_validated(validated, needed)
+    person = _person_of(table, links)
+    del links
+    unlinked = person.null_count
+    if unlinked == len(table):
         raise ConsistencyError(
-            f"run {run_id!r}: none of its {len(records):,} validated records is in the "
+            f"run {run_id!r}: none of its {len(table):,} validated records is in the "
             "published index (person_records); publish the run before checking consistency"
         )
+    records = table.append_column("mpi_id", person).to_pandas()
+    del table, person
     if unlinked:
         log.warning("consistency: %d validated record(s) of run %s are not in the published "
                     "index and are left out", unlinked, run_id)
         records = records[records["mpi_id"].notna()]
+    n_records = len(records)
+    lap("read_records")
 
-    t = time.perf_counter()
-    findings, metrics = evaluate_rules(records, rules, reference)
-    evaluate_seconds = time.perf_counter() - t
-    per_rule = (
-        metrics[metrics["register"] == ALL_REGISTERS].set_index("rule")["count"].astype(int)
-    )
-    evaluated = set(per_rule.index)
-    skipped = [r.name for r in rules if r.name not in evaluated]
-    summary = {
-        "reference_date": reference.isoformat(),
-        "records": len(records),
-        "unlinked": unlinked,
-        "findings": {r.name: int(per_rule[r.name]) for r in rules if r.name in evaluated},
-        "skipped": skipped,
-    }
     with engine.begin() as conn:
         require_head(conn)
-        repo.replace_run_rows(conn, schema.consistency_findings, run_id, findings)
+        n_findings, metrics = _evaluate_into(conn, run_id, records, rules, reference)
+        lap("evaluate")
+        del records
+        per_rule = (
+            metrics[metrics["register"] == ALL_REGISTERS].set_index("rule")["count"].astype(int)
+        )
+        evaluated = set(per_rule.index)
+        summary = {
+            "reference_date": reference.isoformat(),
+            "records": n_records,
+            "unlinked": unlinked,
+            "findings": {r.name: int(per_rule[r.name]) for r in rules if r.name in evaluated},
+            "skipped": [r.name for r in rules if r.name not in evaluated],
+            "index_source": index_source,
+        }
         repo.replace_run_rows(conn, schema.consistency_metrics, run_id, metrics)
         counts = conn.execute(
             sa.select(schema.runs.c.counts).where(schema.runs.c.run_id == run_id)
         ).scalar_one_or_none()
         repo.update_run(conn, run_id, counts={**(counts or {}), "consistency": summary})
-    summary["seconds"] = {"evaluate": round(evaluate_seconds, 2),
-                          "total": round(time.perf_counter() - started, 2)}
-    log.info("consistency of run %s: %d finding(s) over %d rule(s) in %.1f s",
-             run_id, len(findings), len(evaluated), time.perf_counter() - started)
+    lap("write")
+    summary["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 2)}
+    log.info("consistency of run %s: %d finding(s) over %d rule(s), index from %s, in %.1f s",
+             run_id, n_findings, len(evaluated), index_source,
+             time.perf_counter() - started)
     return summary
