@@ -259,8 +259,11 @@ def _validate(ctx: RunContext, registers: list[str] | None, data_docs: bool) -> 
     # validate_run merges each call into one summary.json: parallel tasks must take turns.
     with _run_lock(ctx, "validate"):
         try:
-            result = validate_run(ctx.data_dir, ctx.run_id, configs, config_dir=ctx.config_dir,
-                                  registers=registers, data_docs=data_docs)
+            result = validate_run(
+                ctx.data_dir, ctx.run_id, configs, config_dir=ctx.config_dir,
+                registers=registers, data_docs=data_docs,
+                previous_run_dir=None if ctx.full_relink else _base_run_dir(ctx),
+            )
         except CircuitBreakerError as exc:
             # The gate stops the run; the other registers still get their report.
             log.warning("run %s: validation failed (circuit breaker)", ctx.run_id)
