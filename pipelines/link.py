@@ -55,7 +55,6 @@ from matching.comparisons import RecordColumns, compare_pairs
 from matching.errors import MatchingError
 from matching.model import FellegiSunterModel
 from matching.predict import score_pairs
-from matching.standardise import STANDARDISED_COLUMNS, NameParts
 from pipelines.errors import ReglinkError
 from pipelines.validate import require_validated
 
@@ -137,129 +136,25 @@ def read_records(run_dir: Path, columns: list[str] | None = None) -> pd.DataFram
 # ------------------------------------------------------------------------------- standardise
 
 
-def _name_parts(records: pd.DataFrame) -> NameParts:
-    """The compound-name vocabulary of all the run's records (what :func:`standardise`
-    learns by default), from the distinct names only."""
-    names: list[Any] = []
-    for column in ("given_name", "father_name", "mother_name"):
-        if column in records.columns:
-            names.extend(pd.unique(records[column].dropna()).tolist())
-    return NameParts.learn(names)
-
-
-def _hash_rows(records: pd.DataFrame) -> np.ndarray:
-    hashed = records.drop(columns=KEY)
-    return pd.util.hash_pandas_object(hashed, index=False).to_numpy(
-        dtype=np.uint64).view(np.int64)
-
-
-def _same(now: pa.ChunkedArray | pa.Array, before: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Element-wise equality with missing equal to missing."""
-    if now.type != before.type:
-        before = before.cast(now.type)
-    equal = pc.fill_null(pc.equal(now, before), False)
-    both_null = pc.and_(pc.is_null(now), pc.is_null(before))
-    return pc.or_(equal, both_null).to_numpy(zero_copy_only=False)
-
-
-def _key_order(frame: pd.DataFrame | pa.Table) -> np.ndarray:
-    """Row order that sorts ``frame`` by (register, record_id), as the records file is."""
-    keys = (frame.select(KEY) if isinstance(frame, pa.Table)
-            else pa.Table.from_pandas(frame[KEY], preserve_index=False))
-    return pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in KEY]).to_numpy()
-
-
-def _standardise_changed(records: pd.DataFrame, previous: pa.Table, name_parts: NameParts,
-                         vocabulary_same: bool, columns: list[str]) -> tuple[pa.Table, int]:
-    """The records file of :func:`standardise_run` built from ``previous`` (the previous
-    run's file): its rows for records whose inputs did not change, fresh rows for the rest.
-
-    Returns the table, sorted by key, and how many records were standardised."""
-    records = records.iloc[_key_order(records)].reset_index(drop=True)
-    pos = _positions(records, previous.select(KEY).to_pandas())
-    found = pos >= 0
-    # Both sides in key order: the previous rows of today's records line up with them.
-    now_rows = pa.array(found)
-    prev_rows = np.zeros(previous.num_rows, dtype=bool)
-    prev_rows[pos[found]] = True
-    prev_rows_arrow = pa.array(prev_rows)
-    same = np.ones(int(found.sum()), dtype=bool)
-    compared = list(records.columns)
-    if not vocabulary_same and "given_name" in records.columns:
-        from matching.standardise import given_first
-
-        # A new vocabulary can move given_first of an unchanged name: compare it too.
-        codes, uniques = pd.factorize(records["given_name"], use_na_sentinel=True)
-        lookup = pa.array([given_first(u, name_parts) for u in uniques],
-                          type=previous.schema.field("given_first").type)
-        given_first_now = lookup.take(pa.array(codes, mask=codes < 0))
-        same &= _same(given_first_now.filter(now_rows),
-                      previous["given_first"].filter(prev_rows_arrow))
-    for column in compared:
-        same &= _same(pa.array(records[column]).filter(now_rows),
-                      previous[column].filter(prev_rows_arrow))
-    unchanged = np.zeros(len(records), dtype=bool)
-    unchanged[np.flatnonzero(found)[same]] = True
-    kept_rows = np.zeros(previous.num_rows, dtype=bool)
-    kept_rows[pos[unchanged]] = True
-    kept = previous.filter(pa.array(kept_rows))
-    changed = records.loc[~unchanged]
-    if not len(changed):
-        return kept, 0
-    fresh = standardise(changed, name_parts=name_parts).reset_index(drop=True)
-    fresh["content_hash"] = _hash_rows(fresh)
-    fresh_table = pa.Table.from_pandas(fresh[columns], preserve_index=False)
-    # The pandas metadata (dtypes) of the previous file, which the full run wrote.
-    table = pa.concat_tables([kept, fresh_table.cast(previous.schema)])
-    return table.take(pa.array(_key_order(table))), len(changed)
-
-
-def standardise_run(run_dir: Path, previous_run_dir: Path | None = None) -> dict[str, Any]:
+def standardise_run(run_dir: Path) -> dict[str, Any]:
     """Standardise the validated records of a run into ``standardise/records.parquet``.
 
-    With ``previous_run_dir`` (the run whose index is current), only the records that are
-    new or whose validated columns changed are standardised; every other record's row is
-    copied from that run's file. The compound-name vocabulary is learnt from all of today's
-    records, as a full run does: when it changed, ``given_first`` is recomputed for every
-    record, and the records whose value moved are standardised again. So the file is the
-    one a full standardisation writes, row for row (tests/test_mpi_nightly.py checks it).
+    Every record is standardised every run (the given-name vocabulary is learnt from all of
+    them, so an old record's standardised form can change when new names arrive; the
+    content hash then marks it changed).
     """
     t = time.perf_counter()
-    records = load_validated(run_dir)
-    name_parts = _name_parts(records)
-    previous_path = records_path(previous_run_dir) if previous_run_dir else None
-    previous = pq.read_table(previous_path) if previous_path and previous_path.is_file() else None
-    columns = [*records.columns, *(c for c in STANDARDISED_COLUMNS if c not in records.columns),
-               "content_hash"]
-    if previous is not None and previous.column_names == columns:
-        stored = Path(previous_run_dir, "standardise", "name_parts.json")
-        vocabulary_same = stored.is_file() and stored.read_text() == _name_parts_json(name_parts)
-        table, restandardised = _standardise_changed(records, previous, name_parts,
-                                                     vocabulary_same, columns)
-        del previous
-        _atomic_write(records_path(run_dir), lambda p: pq.write_table(table, p))
-        n, mode = table.num_rows, "incremental"
-        per_register = pd.Series(table["register"].to_numpy()).value_counts()
-    else:
-        records = standardise(records, name_parts=name_parts)
-        # Keys sort the file so that record positions do not depend on the register file order.
-        records = records.sort_values(KEY, kind="stable", ignore_index=True)
-        records["content_hash"] = _hash_rows(records)
-        _atomic_write(records_path(run_dir), lambda p: records.to_parquet(p, index=False))
-        n = restandardised = len(records)
-        mode, per_register = "full", records["register"].value_counts()
-    _atomic_write(Path(run_dir, "standardise", "name_parts.json"),
-                  lambda p: p.write_text(_name_parts_json(name_parts)))
+    records = standardise(load_validated(run_dir))
+    # Keys sort the file so that record positions do not depend on the register file order.
+    records = records.sort_values(KEY, kind="stable", ignore_index=True)
+    hashed = records.drop(columns=KEY)
+    records["content_hash"] = pd.util.hash_pandas_object(hashed, index=False).to_numpy(
+        dtype=np.uint64).view(np.int64)
+    _atomic_write(records_path(run_dir), lambda p: records.to_parquet(p, index=False))
     seconds = round(time.perf_counter() - t, 2)
-    log.info("standardise: %d records, %d standardised (%s, %.1f s)", n, restandardised, mode,
-             seconds)
-    return {"records": n, "path": str(records_path(run_dir)), "seconds": seconds,
-            "mode": mode, "standardised": restandardised,
-            "per_register": {str(k): int(v) for k, v in per_register.sort_index().items()}}
-
-
-def _name_parts_json(parts: NameParts) -> str:
-    return json.dumps({"heads": sorted(parts.heads), "known": sorted(parts.known)})
+    log.info("standardise: %d records (%.1f s)", len(records), seconds)
+    return {"records": len(records), "path": str(records_path(run_dir)), "seconds": seconds,
+            "per_register": records["register"].value_counts().sort_index().to_dict()}
 
 
 # -------------------------------------------------------------------------------------- link

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Extract every configured register, validate (quarantine, circuit breaker), "
             "standardise, link, cluster (applying steward decisions), map clusters to stable "
             "MPI IDs, build golden records and publish the index in one transaction. Only new "
-            "and changed records are validated, standardised and linked when a previous run "
+            "and changed records are validated and linked when a previous run "
             "was published (use --full to redo every record, with a newly trained model)."
         ),
     )
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of every random choice (default: linkage.yaml's)")
     parser.add_argument("--full", action="store_true",
-                        help="validate, standardise and relink every record, with a newly "
+                        help="validate and relink every record, with a newly "
                         "trained model")
     parser.add_argument("--full-extract", action="store_true",
                         help="read incremental registers whole (drops rows deleted at the "

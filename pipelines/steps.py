@@ -333,12 +333,10 @@ def validation_gate_step(ctx: RunContext) -> dict[str, Any]:
 
 def standardise_step(ctx: RunContext) -> dict[str, Any]:
     """Standardise the validated records into ``standardise/records.parquet``, with a
-    content hash per record (what the incremental link compares); on an incremental run
-    only the new and changed records are standardised again."""
+    content hash per record (what the incremental link compares)."""
     from pipelines.link import standardise_run
 
-    return standardise_run(ctx.run_dir,
-                           previous_run_dir=None if ctx.full_relink else _base_run_dir(ctx))
+    return standardise_run(ctx.run_dir)
 
 
 def _base_run_dir(ctx: RunContext) -> Path | None:

@@ -283,26 +283,6 @@ def test_incremental_run_agrees_with_a_full_relink(scenario, tmp_path):
     assert agreement["pairwise_f1"] >= 0.999, agreement
 
 
-def test_incremental_standardisation_writes_what_a_full_one_does(scenario, tmp_path):
-    if scenario["backend"] != "sqlite":
-        pytest.skip("standardisation does not depend on the database; checked once")
-    runs = scenario["data_dir"] / "runs"
-    r2 = scenario["r2"].steps["standardise"]
-    assert r2["mode"] == "incremental" and 0 < r2["standardised"] < 0.1 * r2["records"]
-    full = tmp_path / "runs" / "r2"
-    full.mkdir(parents=True)
-    (full / "validate").symlink_to(runs / "r2" / "validate")
-    assert standardise_run(full)["mode"] == "full"
-    incremental = pd.read_parquet(runs / "r2" / "standardise" / "records.parquet")
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(full / "standardise" / "records.parquet"), incremental)
-    # r3 reads the same extracts as r2: nothing is standardised again, nothing differs.
-    r3 = scenario["r3"].steps["standardise"]
-    assert r3["mode"] == "incremental" and r3["standardised"] == 0
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(runs / "r3" / "standardise" / "records.parquet"), incremental)
-
-
 def test_a_cannot_link_decision_splits_the_person(scenario):
     old = scenario["split"]["mpi_id"]
     a, b = scenario["split"]["records"]
