@@ -29,9 +29,19 @@ record and its ID), ``persons.parquet`` (every active person's golden record aft
 ``persons_upsert.parquet`` / ``persons_retire.parquet`` (what changes in ``persons``),
 ``events.parquet`` and ``summary.json``. Publish applies them.
 
-The next run reads the published index from these files (when their row counts match the
-database; else from the database) and recomputes golden records only for the persons whose
-records changed, so that a nightly delta costs seconds, not a pass over the whole country.
+The next run reads the published index from these files when publish recorded them as the
+assignment it published (for a run published before such marks, when they have the row
+counts it published); else from the database. Its cost follows what changed:
+
+- a cluster whose records are exactly the records of one previous ID keeps that ID (no other
+  cluster can claim it, nor it another ID), found for all clusters at once; only the other
+  clusters, those with new, moved or deleted records, go through the greedy mapping;
+- golden records are recomputed only for the persons whose records changed (new, changed
+  content, joined, left), unless the trust ranks or survivorship rules changed;
+- records are matched to the index by key without hashing every key: both are sorted by key.
+
+``assign_run(..., shortcut=False)`` maps every cluster and recomputes every golden record;
+it writes the same files.
 """
 
 from __future__ import annotations
@@ -45,7 +55,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +69,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipelines.errors import ReglinkError
-from pipelines.link import KEY, read_records, records_path
+from pipelines.link import KEY, records_path
 from pipelines.mpi.golden import golden_records, load_rules
 from pipelines.store import repository as repo
 from pipelines.store import schema
@@ -234,19 +245,164 @@ def map_clusters(cluster_id: np.ndarray, anchor: np.ndarray, prev_id: np.ndarray
     return mapping
 
 
+# ------------------------------------------------------------------------------ text keys
+
+
+def _text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A text column as one Arrow ``large_string`` array (dictionaries decoded)."""
+    if values.type != pa.large_string():
+        values = values.cast(pa.large_string())  # chunk by chunk: dictionaries may differ
+    if isinstance(values, pa.ChunkedArray):
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
+
+
+def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table.take(rows)`` for increasing ``rows``, batch by batch (a take on a column of
+    several chunks first copies them all into one: the provenance of a country)."""
+    batches = table.to_batches()
+    if len(batches) <= 1:
+        return table.take(pa.array(rows, type=pa.int64()))
+    start = np.cumsum([0] + [b.num_rows for b in batches])
+    cut = np.searchsorted(rows, start)
+    return pa.Table.from_batches(
+        [b.take(pa.array(rows[cut[k]:cut[k + 1]] - start[k], type=pa.int64()))
+         for k, b in enumerate(batches)], schema=table.schema)
+
+
+def _sorted_by_key(table: pa.Table) -> bool:
+    """Whether the rows are sorted by (register, record_id), as runs write them."""
+    register, record_id = _text(table["register"]), _text(table["record_id"])
+    if len(register) < 2:
+        return True
+    same_register = pc.equal(register[:-1], register[1:])
+    return (pc.all(pc.less_equal(register[:-1], register[1:])).as_py()
+            and pc.all(pc.or_(pc.invert(same_register),
+                              pc.less_equal(record_id[:-1], record_id[1:]))).as_py())
+
+
+def _key_positions(index: pa.Table, records: pa.Table) -> np.ndarray:
+    """Position in ``index`` of each of ``records`` by key (register, record_id); -1: not
+    there. Register by register on the record ids alone when both are grouped by register
+    (sorted by key, as runs write them): no key is built."""
+    index_register, register = _text(index["register"]), _text(records["register"])
+    if not (_is_sorted(index_register) and _is_sorted(register)):
+        return _positions(_record_keys(index), _record_keys(records))
+    out = np.full(len(records), -1, dtype=np.int64)
+    names = pc.unique(register)
+    bounds = [pc.search_sorted(values, names, side=side).to_numpy().astype(np.int64)
+              for values in (register, index_register) for side in ("left", "right")]
+    index_id, record_id = _text(index["record_id"]), _text(records["record_id"])
+    for lo, hi, index_lo, index_hi in zip(*bounds, strict=True):
+        pos = _positions(index_id[index_lo:index_hi], record_id[lo:hi])
+        out[lo:hi] = np.where(pos >= 0, pos + index_lo, -1)
+    return out
+
+
+def _record_keys(table: pa.Table) -> pa.Array:
+    """(register, record_id) as one text key per row (``register`` NUL ``record_id``)."""
+    return _text(pc.binary_join_element_wise(_text(table["register"]),
+                                             _text(table["record_id"]),
+                                             pa.scalar("\x00", pa.large_string())))
+
+
+def _text_buffers(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A ``large_string`` array's offsets and bytes as numpy views (no copy)."""
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64, count=len(text) + 1,
+                            offset=8 * text.offset)
+    data = text.buffers()[2]
+    size = int(offsets[-1] - offsets[0]) if len(text) else 0
+    if data is None or size == 0:
+        return offsets, np.zeros(0, dtype=np.uint8)
+    return offsets, np.frombuffer(data, dtype=np.uint8, count=size, offset=int(offsets[0]))
+
+
+def _positions(haystack: pa.Array | pa.ChunkedArray, needles: pa.Array | pa.ChunkedArray
+               ) -> np.ndarray:
+    """Position in ``haystack`` of each of ``needles`` (-1: not there; the first when repeated),
+    as ``pc.index_in`` gives. When both are sorted and differ little (the records of two runs,
+    both sorted by key), most positions are guessed right from a sample, without hashing
+    every value: the shift between the two stays that of the last sampled needle until a
+    record is added or removed. The others are found by bisection."""
+    haystack, needles = _text(haystack), _text(needles)
+    n, m = len(needles), len(haystack)
+    if m == 0 or n == 0:
+        return np.full(n, -1, dtype=np.int64)
+    if (haystack.null_count == 0 and needles.null_count == 0
+            and pc.all(pc.less(haystack[:-1], haystack[1:])).as_py()  # no value twice
+            and pc.all(pc.less_equal(needles[:-1], needles[1:])).as_py()):
+        step = 256
+        sample = np.arange(0, n, step)
+        shift = pc.search_sorted(haystack, needles.take(pa.array(sample))).to_numpy().astype(
+            np.int64) - sample
+        pos = np.clip(np.arange(n) + np.repeat(shift, step)[:n], 0, m - 1)
+        rest = np.flatnonzero(~pc.equal(haystack.take(pa.array(pos)), needles).to_numpy(
+            zero_copy_only=False))
+        pos[rest] = -1
+        wanted = needles.take(pa.array(rest))
+        at = pc.search_sorted(haystack, wanted).to_numpy().astype(np.int64)
+        inside = at < m
+        found = np.zeros(rest.size, dtype=bool)
+        found[inside] = pc.equal(haystack.take(pa.array(at[inside])), wanted.filter(
+            pa.array(inside))).to_numpy(zero_copy_only=False)
+        pos[rest[found]] = at[found]
+        return pos
+    found = pc.index_in(needles, value_set=haystack)
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _is_sorted(text: pa.Array) -> bool:
+    return len(text) < 2 or pc.all(pc.less_equal(text[:-1], text[1:])).as_py()
+
+
 # ----------------------------------------------------------------------------------- step
 
 
-def _crosswalk_hash(crosswalk: pd.DataFrame) -> str:
-    h = pd.util.hash_pandas_object(crosswalk[[*KEY, "cluster_id", "link_basis"]], index=False)
-    return hashlib.sha256(h.to_numpy().tobytes()).hexdigest()[:16]
+def _crosswalk_hash(crosswalk: pa.Table) -> str:
+    """A hash of what the assignment depends on in the crosswalk: keys, clusters, link basis
+    (from Arrow's buffers: no Python object per row)."""
+    digest = hashlib.sha256()
+    for name in [*KEY, "cluster_id", "link_basis"]:
+        column = crosswalk[name]
+        digest.update(name.encode())
+        digest.update(np.packbits(pc.is_null(column).to_numpy(zero_copy_only=False)).tobytes())
+        if pa.types.is_integer(column.type):
+            digest.update(pc.fill_null(column, 0).to_numpy().astype(np.int64).tobytes())
+            continue
+        offsets, data = _text_buffers(pc.fill_null(_text(column), "") if column.null_count
+                                      else _text(column))
+        digest.update(np.diff(offsets).tobytes())
+        digest.update(data)
+    return digest.hexdigest()[:16]
 
 
-def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+def _read(path: Path, columns: list[str], **options: Any) -> pa.Table:
+    """``columns`` of a Parquet file, one chunk per row group (``pq.read_table`` cuts them in
+    batches; taking rows from a column of several chunks first copies them all into one)."""
+    return pq.ParquetFile(path, **options).read(columns=columns)
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame | pa.Table, **options: Any) -> None:
+    """Write atomically (a temporary name, then renamed): files may be hard-linked copies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
+    if isinstance(frame, pd.DataFrame):  # what ``to_parquet(index=False)`` writes
+        frame = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(frame, tmp, **options)
     os.replace(tmp, path)
+
+
+#: How the two files of the whole index are written: without min/max statistics (nothing
+#: filters on them) and with dictionaries only for the columns that repeat (a dictionary of
+#: the unique IDs or record keys would be built and thrown away): the next run reads them.
+_INDEX_WRITE = {
+    "person_records": {"write_statistics": False,
+                       "use_dictionary": ["register", "link_basis", "linked_run",
+                                          "first_seen_run"]},
+    "persons": {"write_statistics": False,
+                "use_dictionary": [c for c in PERSON_COLUMNS if c != "mpi_id"]
+                + ["created_run", "updated_run"]},
+}
 
 
 def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
@@ -261,27 +417,11 @@ def _same(a: pd.Series, b: pd.Series) -> np.ndarray:
     return (a_na & b_na) | (~a_na & ~b_na & eq)
 
 
-def _is_in(values: pd.Series, wanted: Any) -> np.ndarray:
-    """``values.isin(wanted)`` for text, hashed by Arrow (pandas takes seconds to hash a
-    million Python strings)."""
-    if len(values) == 0:
-        return np.zeros(0, dtype=bool)
-    found = pc.is_in(pa.array(pd.Series(values, dtype="string")),
-                     value_set=pa.array(pd.Series(wanted, dtype="string")))
-    return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
-
-
-def _rows_of(persons: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
-    """The rows of ``persons`` (by ``mpi_id``) for ``ids``, indexed by them; missing rows
-    (new IDs) are all missing."""
-    if len(persons) == 0 or len(ids) == 0:
-        return persons.set_index("mpi_id").reindex(ids)
-    pos = pc.fill_null(pc.index_in(pa.array(pd.Series(ids, dtype="string")),
-                                   value_set=pa.array(persons["mpi_id"].astype("string"))),
-                       -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    rows = persons.iloc[np.maximum(pos, 0)].set_index("mpi_id")
-    rows.index = pd.Index(np.asarray(ids, dtype=object), name="mpi_id")
-    return rows.mask(np.broadcast_to((pos < 0)[:, None], rows.shape))
+def _same_text(a: pa.Array, b: pa.Array) -> np.ndarray:
+    """Element-wise equality of two Arrow text arrays, missing == missing."""
+    equal = pc.fill_null(pc.equal(a, b), False)
+    both_missing = pc.and_(pc.is_null(a), pc.is_null(b))
+    return pc.or_(equal, both_missing).to_numpy(zero_copy_only=False)
 
 
 def _arrow_text(values: pd.Series) -> bool:
@@ -293,18 +433,6 @@ def _canonical_json(values: pd.Series) -> pd.Series:
                                            sort_keys=True) if v is not None else None)
 
 
-def _record_keys(register: pd.Series, record_id: pd.Series) -> pd.Series:
-    """(register, record_id) as one text key (Arrow strings: aligned without Python objects)."""
-    return register.astype("string") + "\x00" + record_id.astype("string")
-
-
-def _objects(values: pd.Series) -> np.ndarray:
-    """A text column as an object array sharing one Python string per distinct value
-    (a column of millions of repeated run ids or MPI IDs stays small)."""
-    codes, uniques = pd.factorize(values)
-    return np.append(np.asarray(uniques, dtype=object), None)[codes]  # code -1: None
-
-
 def golden_rules_key(configs: Mapping[str, Any], rules: tuple[str, ...]) -> str:
     """A hash of everything golden records depend on besides the records: the registers'
     trust ranks and the survivorship rules. When it changes, every golden record is redone."""
@@ -314,43 +442,181 @@ def golden_rules_key(configs: Mapping[str, Any], rules: tuple[str, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+#: Every column of ``persons.parquet``: the golden table of the active persons.
+PERSON_TABLE_COLUMNS = [*PERSON_COLUMNS, "provenance", "created_run", "updated_run"]
+_RECORD_SCHEMA = pa.schema([(c, pa.float64() if c == "match_probability" else pa.large_string())
+                            for c in RECORD_COLUMNS])
+_PERSON_SCHEMA = pa.schema([(c, pa.large_string()) for c in PERSON_TABLE_COLUMNS])
+
+
+def _as_table(frame: pd.DataFrame | pa.Table, schema_: pa.Schema) -> pa.Table:
+    """``frame``'s columns of ``schema_``, of its types, without pandas metadata."""
+    if isinstance(frame, pd.DataFrame):
+        frame = pa.table({f.name: pa.array(frame[f.name], type=f.type, from_pandas=True)
+                          for f in schema_})
+    return pa.table({f.name: frame[f.name].cast(f.type) for f in schema_})
+
+
+_PERSON_SCHEMA_NO_PROVENANCE = pa.schema([f for f in _PERSON_SCHEMA if f.name != "provenance"])
+#: Persons' provenance is read and written this many persons at a time: a country's is
+#: gigabytes of JSON, and memory touched for the first time is slow to get.
+PROVENANCE_BATCH = 16_384
+
+
+@dataclass
+class Persons:
+    """The active persons of the published index, by ID: their golden records without
+    provenance, and where the provenance is (their file, read a batch at a time, or an
+    array in memory)."""
+
+    table: pa.Table
+    provenance: Path | pa.Array
+
+    def provenance_batches(self) -> Iterator[pa.Array]:
+        """The provenance, in order, a batch of persons at a time."""
+        if isinstance(self.provenance, Path):
+            for batch in pq.ParquetFile(self.provenance).iter_batches(
+                    batch_size=PROVENANCE_BATCH, columns=["provenance"]):
+                yield _text(batch.column(0))
+        else:
+            for start in range(0, len(self.provenance), PROVENANCE_BATCH):
+                yield self.provenance.slice(start, PROVENANCE_BATCH)
+
+
+def _write_persons(path: Path, previous: Persons, golden: pa.Table, rows: np.ndarray,
+                   anchor: np.ndarray, check: np.ndarray, check_code: np.ndarray,
+                   run_id: str) -> np.ndarray:
+    """Write ``persons.parquet`` a batch of the previous persons at a time (their provenance
+    is read as it is written: gigabytes for a country, and read once).
+
+    The file holds ``rows`` of the previous persons and the redone ones (``golden``; a row
+    ``n`` past the previous ones is golden row ``n``), in that order. ``anchor`` is, per row
+    written, the previous person it stands at (itself, the one a redone person replaces or
+    goes before): increasing. The redone persons ``check`` (rows of ``golden``, whose
+    attributes are as before) are compared with their previous rows ``check_code`` (both
+    increasing): ``golden`` holds their previous ``updated_run``, written as ``run_id`` where
+    the provenance changed. Returns, per person of ``check``, whether it is the same.
+    """
+    n_previous = len(previous.table)
+    rest = pa.concat_tables([previous.table, golden.drop_columns(["provenance"])]).take(
+        pa.array(rows))
+    golden_provenance = _text(golden["provenance"])
+    at_row = np.empty(len(golden), dtype=np.int64)  # where each golden row is written
+    at_row[rows[rows >= n_previous] - n_previous] = np.flatnonzero(rows >= n_previous)
+    same = np.ones(len(check), dtype=bool)
+
+    def part(lo: int, hi: int, provenance: pa.Array, start: int, changed: np.ndarray
+             ) -> pa.Table:
+        # The provenance as slices, one per run of rows that follow each other in one
+        # source, not copied (a previous batch holds mostly rows kept as they were).
+        at = rows[lo:hi]
+        old = at < n_previous
+        first = np.flatnonzero(np.r_[True, (np.diff(at) != 1) | (old[1:] != old[:-1])])
+        length = np.diff(np.r_[first, at.size])
+        pieces = [provenance.slice(a - start, k) if a < n_previous
+                  else golden_provenance.slice(a - n_previous, k)
+                  for a, k in zip(at[first].tolist(), length.tolist(), strict=True)]
+        table = rest.slice(lo, hi - lo)
+        if changed.size:
+            stale = np.zeros(hi - lo, dtype=bool)
+            stale[at_row[changed] - lo] = True
+            table = table.set_column(
+                table.schema.get_field_index("updated_run"), "updated_run",
+                pc.if_else(pa.array(stale), pa.scalar(run_id, pa.large_string()),
+                           table["updated_run"]))
+        return table.append_column("provenance", pa.chunked_array(
+            pieces, type=pa.large_string())).select(PERSON_TABLE_COLUMNS)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with pq.ParquetWriter(tmp, _PERSON_SCHEMA, **_INDEX_WRITE["persons"]) as writer:
+        start = 0
+        for provenance in previous.provenance_batches():
+            end = start + len(provenance)
+            c_lo, c_hi = np.searchsorted(check_code, [start, end])
+            if c_hi > c_lo:
+                same[c_lo:c_hi] = _same_text(
+                    provenance.take(pa.array(check_code[c_lo:c_hi] - start)),
+                    golden_provenance.take(pa.array(check[c_lo:c_hi])))
+            lo, hi = np.searchsorted(anchor, [start, end])
+            if hi > lo:
+                changed = check[c_lo:c_hi][~same[c_lo:c_hi]]
+                writer.write_table(part(lo, hi, provenance, start, changed))
+            start = end
+        lo = int(np.searchsorted(anchor, start))
+        if lo < len(rows) or len(rows) == 0:  # persons after the last previous one
+            writer.write_table(part(lo, len(rows), pa.array([], type=pa.large_string()),
+                                    start, np.zeros(0, dtype=np.int64)))
+    os.replace(tmp, path)
+    return same
+
+
 def _index_from_files(conn: Connection, last: str, data_dir: Path
-                      ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]] | None:
+                      ) -> tuple[pa.Table, pa.Table, dict[str, Any]] | None:
     """The published index as the run that published it left it in ``assign/``
     (``person_records.parquet`` and ``persons.parquet``), or None when those files are gone
-    or do not match the database (then the index is read from the database)."""
+    or are not what was published (then the index is read from the database).
+
+    Publish records the mark of the assignment it published (``assignment`` in the summary)
+    with the run; for a run published before marks were recorded, the files must have the
+    row counts it published (or, older still, the database's)."""
     folder = Path(data_dir) / "runs" / last / "assign"
     paths = [folder / "person_records.parquet", folder / PERSONS_FILE, folder / "summary.json"]
     if not all(p.is_file() for p in paths):
         return None
-    n_records = conn.execute(sa.select(sa.func.count()).select_from(
-        schema.person_records)).scalar_one()
-    p = schema.persons
-    n_persons = conn.execute(sa.select(sa.func.count()).select_from(p).where(
-        p.c.status == "active")).scalar_one()
-    records = pd.read_parquet(paths[0], columns=RECORD_COLUMNS)
-    persons = pd.read_parquet(paths[1])
-    if len(records) != n_records or len(persons) != n_persons:
-        log.warning("assign: the files of run %s do not match the published index (%d/%d "
-                    "records, %d/%d persons); reading the index from the database", last,
-                    len(records), n_records, len(persons), n_persons)
+    summary = json.loads(paths[2].read_text())
+    counts = conn.execute(sa.select(schema.runs.c.counts).where(
+        schema.runs.c.run_id == last)).scalar_one_or_none() or {}
+    published = counts.get("published") or {}
+    mark = published.get("assignment")
+    if mark is not None and mark != summary.get("assignment"):
+        log.warning("assign: the files of run %s are not the assignment it published; "
+                    "reading the index from the database", last)
         return None
-    return records, persons, json.loads(paths[2].read_text())
+    if mark is None:
+        expected = [published.get("records"), published.get("persons")]
+        if None in expected:
+            p = schema.persons
+            expected = [
+                conn.execute(sa.select(sa.func.count()).select_from(
+                    schema.person_records)).scalar_one(),
+                conn.execute(sa.select(sa.func.count()).select_from(p).where(
+                    p.c.status == "active")).scalar_one()]
+        in_files = [pq.ParquetFile(path).metadata.num_rows for path in paths[:2]]
+        if in_files != expected:
+            log.warning("assign: the files of run %s do not match the published index (%d/%s "
+                        "records, %d/%s persons); reading the index from the database", last,
+                        in_files[0], expected[0], in_files[1], expected[1])
+            return None
+    records = _as_table(_read(paths[0], RECORD_COLUMNS), _RECORD_SCHEMA)
+    persons = _as_table(_read(paths[1], _PERSON_SCHEMA.names[:-3] + ["created_run",
+                                                                     "updated_run"]),
+                        _PERSON_SCHEMA_NO_PROVENANCE)
+    if not _is_sorted(_text(persons["mpi_id"])):  # written by ID: a file from elsewhere
+        return None
+    return records, Persons(persons, paths[1]), summary
 
 
-def _previous_hashes(data_dir: Path, last: str, prev_records: pd.DataFrame
-                     ) -> np.ndarray | None:
+def _index_from_database(conn: Connection) -> tuple[pa.Table, Persons]:
+    """The published index from the database: records by key, persons by ID."""
+    records, persons = current_index(conn)
+    persons["provenance"] = _canonical_json(persons["provenance"])
+    persons = _as_table(persons, _PERSON_SCHEMA).sort_by("mpi_id")
+    return (_as_table(records, _RECORD_SCHEMA).sort_by([(k, "ascending") for k in KEY]),
+            Persons(persons.drop_columns(["provenance"]), _text(persons["provenance"])))
+
+
+def _previous_hashes(data_dir: Path, last: str, prev_records: pa.Table) -> np.ndarray | None:
     """Content hash of each record of the published index, from its run's records file
     (None when it is gone or does not line up with the index)."""
     path = Path(data_dir) / "runs" / last / "standardise" / "records.parquet"
     if not path.is_file():
         return None
-    prev = pd.read_parquet(path, columns=[*KEY, "content_hash"])
-    if len(prev) != len(prev_records) or not (
-            (prev["record_id"] == prev_records["record_id"]).all()
-            and (prev["register"] == prev_records["register"]).all()):
+    prev = _read(path, [*KEY, "content_hash"], read_dictionary=["register"])
+    if len(prev) != len(prev_records) or not all(
+            pc.all(pc.equal(_text(prev[k]), _text(prev_records[k]))).as_py() for k in KEY):
         return None
-    return prev["content_hash"].to_numpy(dtype=np.int64)
+    return prev["content_hash"].to_numpy().astype(np.int64)
 
 
 def _taken_ids(conn: Connection, candidates: list[str]) -> set[str]:
@@ -389,19 +655,68 @@ def _new_ids(conn: Connection, secret: bytes, run_id: str, anchors: list[str],
     return [str(x) for x in out]
 
 
+def same_as_before(cluster: np.ndarray, prev_code: np.ndarray, prev_size: np.ndarray
+                   ) -> np.ndarray:
+    """Per cluster, the previous ID (as a code) whose records are exactly the cluster's
+    records, else -1.
+
+    Such a cluster keeps that ID whatever happens elsewhere: it overlaps no other ID and no
+    other cluster overlaps that ID, so the greedy mapping (:func:`map_clusters`) takes their
+    pair whatever else it holds. Only the other clusters need the greedy mapping.
+
+    Args:
+        cluster: per record of this run, its cluster.
+        prev_code: per record of this run, the code of its previous ID (-1: new record).
+        prev_size: per code, how many records the previous ID had.
+    """
+    n_clusters = int(cluster.max()) + 1 if cluster.size else 0
+    some_code = np.full(n_clusters, -1, dtype=np.int64)
+    some_code[cluster] = prev_code  # one record's previous ID per cluster (any of them)
+    mixed = np.zeros(n_clusters, dtype=bool)
+    mixed[cluster[prev_code != some_code[cluster]]] = True
+    size = np.bincount(cluster, minlength=n_clusters)
+    whole = (some_code >= 0) & ~mixed
+    whole[whole] = size[whole] == prev_size[some_code[whole]]
+    return np.where(whole, some_code, -1)
+
+
+def _anchors(records: pa.Table, cluster: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Per cluster, its smallest record key (the tie-breaker and the seed of a new ID), for
+    the clusters of the mask ``wanted``; '' for the others."""
+    anchor = np.full(len(wanted), "", dtype=object)
+    rows = np.flatnonzero(wanted[cluster])
+    if rows.size == 0:
+        return anchor
+    if _sorted_by_key(records):  # a cluster's first record has the least key
+        first_cluster, first = np.unique(cluster[rows], return_index=True)
+        anchor[first_cluster] = _record_keys(_take(records, rows[first])).to_numpy(
+            zero_copy_only=False)
+    else:
+        least = pd.Series(_record_keys(_take(records, rows)).to_numpy(
+            zero_copy_only=False)).groupby(cluster[rows]).min()
+        anchor[least.index.to_numpy()] = least.to_numpy()
+    return anchor
+
+
 GOLDEN_READ = ("register", "record_id", *schema.GOLDEN_ATTRIBUTES, "source_updated_at",
                "content_hash")
 
 
 def assign_run(engine: Engine, run_id: str, run_dir: Path,
-               configs: Mapping[str, Any], *, config_dir: str | Path | None = None
-               ) -> dict[str, Any]:
+               configs: Mapping[str, Any], *, config_dir: str | Path | None = None,
+               shortcut: bool = True) -> dict[str, Any]:
     """Assign MPI IDs and golden records to this run's clusters; writes ``assign/``.
 
     The published index is read from the ``assign/`` files of the run that published it
-    when they match the database (else from the database). Golden records are computed again
-    only for the persons whose records changed (new, changed content, joined, left), unless
-    the trust ranks or survivorship rules changed.
+    when they match the database (else from the database). A cluster whose records are
+    exactly the records of a previous ID keeps it; only the other clusters (those with new,
+    moved or deleted records) go through the overlap mapping. Golden records are computed
+    again only for the persons whose records changed (new, changed content, joined, left),
+    unless the trust ranks or survivorship rules changed.
+
+    Args:
+        shortcut: False maps every cluster by overlap and recomputes every golden record
+            (the result is the same; for tests and doubts).
 
     Raises:
         PublishConflictError: a run that started after this one is already published.
@@ -413,8 +728,7 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     cw_path = run_dir / "cluster" / "crosswalk.parquet"
     if not cw_path.is_file():
         raise ReglinkError(f"{cw_path} not found: run the cluster step of run {run_id} first")
-    crosswalk = pd.read_parquet(cw_path, columns=[*KEY, "cluster_id", "match_probability",
-                                                  "link_basis"])
+    crosswalk = _read(cw_path, [*KEY, "cluster_id", "match_probability", "link_basis"])
     cw_hash = _crosswalk_hash(crosswalk)
     rules = load_rules(config_dir) if config_dir is not None else load_rules(
         run_dir / "__no_config__")
@@ -448,73 +762,97 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
             prev_records, prev_persons, prev_summary = from_files
             index_source = "files"
         else:
-            prev_records, prev_persons = current_index(conn)
-            prev_persons["provenance"] = _canonical_json(prev_persons["provenance"])
+            prev_records, prev_persons = _index_from_database(conn)
             prev_summary = {}
             index_source = "database"
-    prev_records["match_probability"] = pd.to_numeric(prev_records["match_probability"])
     lap("read_index")
 
-    available = set(pq.read_schema(records_path(run_dir)).names)
-    records = read_records(run_dir, columns=[c for c in GOLDEN_READ if c in available])
-    if len(records) != len(crosswalk) or not (
-            records["record_id"] == crosswalk["record_id"]).all():
+    # The golden attributes are read as the file holds them, text dictionary-encoded (it
+    # repeats): only the rows of the persons redone are decoded.
+    available = pq.read_schema(records_path(run_dir))
+    attributes = [c for c in GOLDEN_READ if c in available.names and c not in KEY
+                  and c != "content_hash"]
+    text = [c for c in attributes if pa.types.is_string(available.field(c).type)
+            or pa.types.is_large_string(available.field(c).type)]
+    has_hash = "content_hash" in available.names
+    records = _read(records_path(run_dir),
+                    ["record_id", *attributes, *(["content_hash"] if has_hash else [])],
+                    read_dictionary=text)
+    if len(records) != len(crosswalk) or not pc.all(pc.equal(
+            records["record_id"], crosswalk["record_id"])).as_py():
         raise ReglinkError(f"run {run_id}: cluster/crosswalk.parquet does not match "
                            "standardise/records.parquet; rerun the link and cluster steps")
     n = len(crosswalk)
-    cluster = crosswalk["cluster_id"].to_numpy(dtype=np.int64)
+    cluster = crosswalk["cluster_id"].to_numpy().astype(np.int64)
     n_clusters = int(cluster.max()) + 1 if n else 0
-    key_text = (crosswalk["register"].astype(str) + "\x00" + crosswalk["record_id"].astype(str))
-    anchor = np.full(n_clusters, "", dtype=object)
-    if key_text.is_monotonic_increasing:  # records are sorted by key: the first is the least
-        first_cluster, first_row = np.unique(cluster, return_index=True)
-        anchor[first_cluster] = key_text.take(first_row).to_numpy(dtype=object)
+
+    # Previous IDs as codes: their position among the active persons (sorted by ID), then
+    # any ID a record has without an active person (an index edited by hand).
+    person_ids = _text(prev_persons.table["mpi_id"])
+    n_persons = len(person_ids)
+    rec_code = _positions(person_ids, prev_records["mpi_id"])
+    if (rec_code < 0).any():
+        strays = pc.unique(_text(prev_records["mpi_id"]).filter(pa.array(rec_code < 0)))
+        strays = strays.take(pc.array_sort_indices(strays))
+        rec_code[rec_code < 0] = n_persons + _positions(strays, _text(
+            prev_records["mpi_id"]).filter(pa.array(rec_code < 0)))
+        id_text = pa.concat_arrays([person_ids, strays])
     else:
-        first = pd.Series(key_text.to_numpy(dtype=object)).groupby(cluster).min()
-        anchor[first.index.to_numpy()] = first.to_numpy()
+        id_text = person_ids
+    n_ids = len(id_text)
+    prev_size = np.bincount(rec_code, minlength=n_ids)
 
     # Previous position (in the index) of each record of this run; -1: new to the index.
-    prev_key = _record_keys(prev_records["register"], prev_records["record_id"])
-    prev_pos = pc.fill_null(pc.index_in(pa.array(key_text.astype("string")),
-                                        value_set=pa.array(prev_key)), -1).to_numpy(
-        zero_copy_only=False).astype(np.int64)
+    prev_pos = _key_positions(prev_records, crosswalk)
     in_index = prev_pos >= 0
-    prev_mpi_all = _objects(prev_records["mpi_id"])
-
-    def gather(values: np.ndarray, missing: Any = None) -> np.ndarray:
-        """Per record of this run, ``values`` of its row in the index (else ``missing``)."""
-        out = np.full(n, missing, dtype=values.dtype if missing is not None else object)
-        out[in_index] = values[prev_pos[in_index]]
-        return out
-
-    prev_mpi = gather(prev_mpi_all)
+    prev_code = np.full(n, -1, dtype=np.int64)
+    prev_code[in_index] = rec_code[prev_pos[in_index]]
     still_here = np.zeros(len(prev_records), dtype=bool)
     still_here[prev_pos[in_index]] = True
-    # Looked up only for the few IDs whose overlap is not one-to-one.
-    age = pd.Series(prev_persons["created_run"].to_numpy(dtype=object),
-                    index=prev_persons["mpi_id"].to_numpy(dtype=object))
-    ov = overlaps(cluster[in_index], prev_mpi[in_index])
-    mapping = map_clusters(cluster[in_index], anchor, prev_mpi[in_index], age, overlap=ov)
+
+    # Clusters that are exactly a previous person keep its ID; the others are mapped by
+    # overlap (greedy, see the module doc) among themselves.
+    cluster_code = (same_as_before(cluster, prev_code, prev_size) if shortcut
+                    else np.full(n_clusters, -1, dtype=np.int64))
+    touched = cluster_code < 0
+    anchor = _anchors(crosswalk.select(KEY), cluster, touched)
+    rows = np.flatnonzero(touched[cluster] & in_index)
+    involved = np.unique(prev_code[rows])
+    involved_ids = id_text.take(pa.array(involved)).to_numpy(zero_copy_only=False)
+    created = _text(prev_persons.table["created_run"]).take(pa.array(
+        np.minimum(involved, n_persons - 1), mask=involved >= n_persons)).to_pylist()
+    age = dict(zip(involved_ids.tolist(), created, strict=True))
+    code_of = dict(zip(involved_ids.tolist(), involved.tolist(), strict=True))
+    prev_mpi_rows = involved_ids[np.searchsorted(involved, prev_code[rows])]
+    ov = overlaps(cluster[rows], prev_mpi_rows)
+    mapping = map_clusters(cluster[rows], anchor, prev_mpi_rows, age, overlap=ov)
+    for c, m in mapping.items():
+        cluster_code[c] = code_of[m]
     lap("map")
 
     # New IDs for clusters that kept none.
     secret = id_key(data_dir)
-    cluster_mpi = np.full(n_clusters, None, dtype=object)
-    for c, m in mapping.items():
-        cluster_mpi[c] = m
-    fresh = np.flatnonzero(pd.isna(cluster_mpi))
+    fresh = np.flatnonzero(cluster_code < 0)
     with engine.connect() as conn:
-        cluster_mpi[fresh] = _new_ids(conn, secret, run_id, anchor[fresh].tolist(),
-                                      set(mapping.values()))
-    mpi = cluster_mpi[cluster]
+        fresh_ids = _new_ids(conn, secret, run_id, anchor[fresh].tolist(),
+                             set(mapping.values()))
+    cluster_code[fresh] = n_ids + np.arange(fresh.size)
+    all_ids = pa.concat_arrays([id_text, pa.array(fresh_ids, type=pa.large_string())])
+
+    def id_of(c: int) -> str:
+        return all_ids[int(cluster_code[c])].as_py()
+
+    code = cluster_code[cluster]  # per record, its ID now
     lap("new_ids")
 
     # ---- events
     events: list[pd.DataFrame] = []
-    rows: list[dict[str, Any]] = []
-    prev_active = set(prev_persons["mpi_id"])
-    kept = set(mapping.values())
-    gone = sorted(prev_active - kept)
+    rows_out: list[dict[str, Any]] = []
+    kept = np.zeros(len(all_ids), dtype=bool)
+    kept[cluster_code] = True
+    kept[n_ids:] = False
+    gone_codes = np.flatnonzero(~kept[:n_persons])
+    gone = id_text.take(pa.array(gone_codes)).to_pylist()
     retired: list[dict[str, Any]] = []
     if gone:
         ov_gone = ov[ov["m"].isin(gone)].copy()
@@ -524,17 +862,17 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
         moved_n = ov_gone.groupby("m")["n"].sum()
         for m in gone:
             if m in target.index:
-                into = cluster_mpi[int(target[m])]
-                rows.append({"event_type": "merge", "mpi_id": into, "other_mpi_id": m,
-                             "reason": "their records are now linked as one person",
-                             "details": {"records_moved": int(moved_n[m])}})
-                rows.append({"event_type": "retire", "mpi_id": m, "other_mpi_id": into,
-                             "reason": f"merged into {into}", "details": None})
+                into = id_of(int(target[m]))
+                rows_out.append({"event_type": "merge", "mpi_id": into, "other_mpi_id": m,
+                                 "reason": "their records are now linked as one person",
+                                 "details": {"records_moved": int(moved_n[m])}})
+                rows_out.append({"event_type": "retire", "mpi_id": m, "other_mpi_id": into,
+                                 "reason": f"merged into {into}", "details": None})
                 retired.append({"mpi_id": m, "merged_into": into})
             else:
-                rows.append({"event_type": "retire", "mpi_id": m, "other_mpi_id": None,
-                             "reason": "none of its records is left in the registers",
-                             "details": None})
+                rows_out.append({"event_type": "retire", "mpi_id": m, "other_mpi_id": None,
+                                 "reason": "none of its records is left in the registers",
+                                 "details": None})
                 retired.append({"mpi_id": m, "merged_into": None})
     if fresh.size:
         size = np.bincount(cluster, minlength=n_clusters)
@@ -544,66 +882,85 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
         source = ov_new.drop_duplicates("c").set_index("c")
         split = np.isin(fresh, source.index.to_numpy())
         for c in fresh[split].tolist():
-            rows.append({"event_type": "split", "mpi_id": source.loc[c, "m"],
-                         "other_mpi_id": cluster_mpi[c],
-                         "reason": "some of its records are no longer linked to it",
-                         "details": {"records_moved": int(source.loc[c, "n"]),
-                                     "records": int(size[c])}})
+            rows_out.append({"event_type": "split", "mpi_id": source.loc[c, "m"],
+                             "other_mpi_id": id_of(c),
+                             "reason": "some of its records are no longer linked to it",
+                             "details": {"records_moved": int(source.loc[c, "n"]),
+                                         "records": int(size[c])}})
         brand_new = fresh[~split]
         # One event per new person: built column-wise (a whole country on the first run).
         events.append(pd.DataFrame({
-            "event_type": "new", "mpi_id": cluster_mpi[brand_new], "other_mpi_id": None,
+            "event_type": "new",
+            "mpi_id": all_ids.take(pa.array(cluster_code[brand_new])).to_numpy(
+                zero_copy_only=False),
+            "other_mpi_id": None,
             "reason": "records of a new person",
             "details": ['{"records": ' + str(k) + "}" for k in size[brand_new].tolist()]}))
     lap("events")
 
     # ---- person_records: the new index and what changes
-    new_records = pd.DataFrame({
-        "register": crosswalk["register"],
-        "record_id": crosswalk["record_id"],
-        "mpi_id": mpi,
-        "match_probability": crosswalk["match_probability"].astype("float64"),
-        "link_basis": _objects(crosswalk["link_basis"]),
+    same_mpi = in_index & (code == prev_code)
+    at_prev = pa.array(np.maximum(prev_pos, 0), mask=~in_index)
+    prev_basis = _text(prev_records["link_basis"]).take(at_prev)
+    new_records = pa.table({
+        "register": _text(crosswalk["register"]),
+        "record_id": _text(crosswalk["record_id"]),
+        "mpi_id": all_ids.take(pa.array(code)),
+        "match_probability": crosswalk["match_probability"].cast(pa.float64()),
+        "link_basis": _text(crosswalk["link_basis"]),
+        "linked_run": pc.if_else(pa.array(same_mpi),
+                                 _text(prev_records["linked_run"]).take(at_prev),
+                                 pa.scalar(run_id, pa.large_string())),
+        "first_seen_run": pc.coalesce(_text(prev_records["first_seen_run"]).take(at_prev),
+                                      pa.scalar(run_id, pa.large_string())),
     })
-
-    def prev_col(name: str) -> np.ndarray:
-        return gather(_objects(prev_records[name]))
-
-    same_mpi = in_index & (mpi == prev_mpi)
-    new_records["linked_run"] = np.where(same_mpi, prev_col("linked_run"), run_id)
-    first_seen = prev_col("first_seen_run")
-    new_records["first_seen_run"] = np.where(pd.isna(first_seen), run_id, first_seen)
-    unchanged = same_mpi & _same(new_records["link_basis"], pd.Series(prev_col("link_basis")))
-    prob_new = new_records["match_probability"].to_numpy(dtype=np.float64)
-    prob_old = gather(prev_records["match_probability"].to_numpy(dtype=np.float64), np.nan)
+    unchanged = same_mpi & _same_text(new_records["link_basis"].combine_chunks(), prev_basis)
+    prob_new = new_records["match_probability"].to_numpy()
+    prob_old = np.full(n, np.nan)
+    prob_old[in_index] = prev_records["match_probability"].to_numpy()[prev_pos[in_index]]
     unchanged &= (np.isnan(prob_new) & np.isnan(prob_old)) | np.isclose(
         prob_new, prob_old, rtol=0, atol=1e-7)
-    records_upsert = new_records.loc[~unchanged]
-    records_delete = prev_records.loc[~still_here, KEY]
+    records_upsert = new_records.filter(pa.array(~unchanged))
+    records_delete = prev_records.select(KEY).filter(pa.array(~still_here))
     lap("records")
 
     # ---- golden records, only for the persons whose records changed
     prev_hash = (_previous_hashes(data_dir, last, prev_records)
-                 if index_source == "files" and prev_summary.get("golden_rules") == rules_key
-                 else None)
+                 if shortcut and has_hash and index_source == "files"
+                 and prev_summary.get("golden_rules") == rules_key else None)
     if prev_hash is None:
         affected = np.ones(n, dtype=bool)
     else:
-        hash_now = records["content_hash"].to_numpy(dtype=np.int64)
-        content_changed = ~in_index | (gather(prev_hash, 0) != hash_now)
+        hash_now = records["content_hash"].to_numpy().astype(np.int64)
+        content_changed = ~in_index.copy()
+        content_changed[in_index] = prev_hash[prev_pos[in_index]] != hash_now[in_index]
         # A person is redone when one of its records is new, changed or moved in, or when
         # its ID lost a record (moved out or deleted).
         redo = np.zeros(n_clusters, dtype=bool)
         redo[cluster[content_changed | ~same_mpi]] = True
-        lost_ids = set(prev_mpi[in_index & ~same_mpi].tolist()) | set(
-            prev_mpi_all[~still_here].tolist())
-        redo |= pd.Series(cluster_mpi).isin(lost_ids).to_numpy()
+        lost_code = np.zeros(len(all_ids), dtype=bool)
+        lost_code[prev_code[in_index & ~same_mpi]] = True
+        lost_code[rec_code[~still_here]] = True
+        redo |= lost_code[cluster_code]
         affected = redo[cluster]
     trust = {name: dict(cfg.trust) for name, cfg in configs.items()}
-    golden = golden_records(records.loc[affected].reset_index(drop=True), mpi[affected], trust,
-                            rules, provenance_as_json=True)
+    affected_rows = np.flatnonzero(affected)
+    redone_records = _take(records.select(attributes), affected_rows)
     del records
-    prev_p = _rows_of(prev_persons, golden["mpi_id"])
+    golden = golden_records(
+        pd.DataFrame({
+            **{c: _text(crosswalk[c]).take(pa.array(affected_rows)).to_pandas() for c in KEY},
+            **{c: (_text(redone_records[c]) if c in text else redone_records[c]).to_pandas()
+               for c in attributes}}),
+        all_ids.take(pa.array(code[affected_rows])).to_numpy(zero_copy_only=False),
+        trust, rules, provenance_as_json=True)
+    del redone_records
+    golden_code = np.unique(code[affected_rows])
+    golden_code = golden_code[pc.array_sort_indices(all_ids.take(pa.array(golden_code)))
+                              .to_numpy()]  # the order of golden: by ID
+    existing = golden_code < n_persons
+    prev_p = _take(prev_persons.table, golden_code[existing]).to_pandas().set_axis(
+        np.flatnonzero(existing)).reindex(range(len(golden)))
     changed_attrs = pd.DataFrame(index=golden.index)
     existed = prev_p["created_run"].notna().to_numpy()
     same_all = existed.copy()  # a new person differs from nothing: compare the others only
@@ -612,74 +969,91 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
         same_col[existed] = _same(golden.loc[existed, col], prev_p.loc[existed, col])
         changed_attrs[col] = ~same_col
         same_all &= same_col
-    same_all[existed] &= _same(golden.loc[existed, "provenance"],
-                               prev_p.loc[existed, "provenance"])
     golden["status"] = "active"
     golden["merged_into"] = None
     golden["created_run"] = np.where(existed, prev_p["created_run"].to_numpy(dtype=object),
                                      run_id)
-    golden["updated_run"] = np.where(existed & same_all,
-                                     prev_p["updated_run"].to_numpy(dtype=object), run_id)
-    persons_upsert = golden.loc[~(existed & same_all)].reset_index(drop=True)
-    # The whole golden table after this run (the next run's index), kept persons unchanged.
-    # Kept IDs are the previous IDs still active; those not redone stay as they were.
-    keep_prev = _is_in(prev_persons["mpi_id"], list(kept)) & ~_is_in(
-        prev_persons["mpi_id"], golden["mpi_id"])
-    person_cols = [*PERSON_COLUMNS, "provenance", "created_run", "updated_run"]
-    persons_all = pd.concat([prev_persons.loc[keep_prev, person_cols],
-                             golden[person_cols]], ignore_index=True)
-    persons_all = persons_all.sort_values("mpi_id", ignore_index=True)
+    # Kept when the provenance is the same too: compared as persons.parquet is written.
+    golden["updated_run"] = np.where(same_all, prev_p["updated_run"].to_numpy(dtype=object),
+                                     run_id)
+    # The whole golden table after this run (the next run's index), by ID: the kept persons
+    # not redone as they were, and the redone ones (each at the previous person it replaces
+    # or goes before).
+    redone = np.zeros(len(all_ids), dtype=bool)
+    redone[golden_code] = True
+    keep_prev = kept[:n_persons] & ~redone[:n_persons]
+    golden_table = _as_table(golden, _PERSON_SCHEMA)
+    rows_all = np.concatenate([np.flatnonzero(keep_prev), n_persons + np.arange(len(golden))])
+    rows_all = rows_all[pc.sort_indices(pa.concat_arrays([
+        person_ids, golden_table["mpi_id"].combine_chunks()]).take(pa.array(rows_all)))
+        .to_numpy()]
+    golden_at = np.where(existing, golden_code, pc.search_sorted(
+        person_ids, golden_table["mpi_id"]).to_numpy().astype(np.int64))
+    anchor_all = rows_all.copy()
+    redone_rows = rows_all >= n_persons
+    anchor_all[redone_rows] = golden_at[rows_all[redone_rows] - n_persons]
+    # Without its summary (written last) the folder is not an assignment: a crash while the
+    # files are replaced leaves none that publish or the next run could take for this one.
+    summary_path.unlink(missing_ok=True)
+    check = np.flatnonzero(same_all)
+    same_all[check] = _write_persons(out / PERSONS_FILE, prev_persons, golden_table, rows_all,
+                                     anchor_all, check, golden_code[check], run_id)
+    golden.loc[~same_all, "updated_run"] = run_id
+    persons_upsert = golden.loc[~same_all].reset_index(drop=True)
     lap("golden")
 
     # update events: a kept ID whose records or golden values changed
-    moved = new_records.loc[~same_mpi, "mpi_id"]
-    left_behind = prev_records.loc[~still_here, "mpi_id"]
-    added = moved.value_counts()
-    lost = pd.concat([left_behind, pd.Series(prev_mpi[in_index & ~same_mpi])]).value_counts()
+    added = np.bincount(code[~same_mpi], minlength=len(all_ids))
+    lost = (np.bincount(rec_code[~still_here], minlength=len(all_ids))
+            + np.bincount(prev_code[in_index & ~same_mpi], minlength=len(all_ids)))
     attr_cols = list(schema.GOLDEN_ATTRIBUTES)
-    merged_into_kept = {e["mpi_id"] for e in rows if e["event_type"] == "merge"}
+    merged_into_kept = {e["mpi_id"] for e in rows_out if e["event_type"] == "merge"}
     flags = changed_attrs[attr_cols].to_numpy()
+    flag_rows = flags.tolist()
     ids = golden["mpi_id"].to_numpy(dtype=object)
-    n_added = pd.Series(ids).map(added).fillna(0).astype(int).to_numpy()
-    n_lost = pd.Series(ids).map(lost).fillna(0).astype(int).to_numpy()
-    is_kept = _is_in(pd.Series(ids), list(kept))
+    n_added = added[golden_code]
+    n_lost = lost[golden_code]
+    is_kept = kept[golden_code]
     any_attr = flags.any(axis=1)
     is_merge = pd.Series(ids).isin(merged_into_kept).to_numpy()
     todo = is_kept & (any_attr | (~is_merge & ((n_added > 0) | (n_lost > 0))))
     for i in np.flatnonzero(todo):
-        rows.append({"event_type": "update", "mpi_id": ids[i], "other_mpi_id": None,
-                     "reason": "records or golden values changed",
-                     "details": {"records_added": int(n_added[i]),
-                                 "records_removed": int(n_lost[i]),
-                                 "attributes": [c for c, f in zip(attr_cols, flags[i],
-                                                                  strict=True) if f]}})
+        rows_out.append({"event_type": "update", "mpi_id": ids[i], "other_mpi_id": None,
+                         "reason": "records or golden values changed",
+                         "details": {"records_added": int(n_added[i]),
+                                     "records_removed": int(n_lost[i]),
+                                     "attributes": [c for c, f in zip(attr_cols, flag_rows[i],
+                                                                      strict=True) if f]}})
     columns = ["event_type", "mpi_id", "other_mpi_id", "reason", "details"]
-    listed = pd.DataFrame(rows, columns=columns)
+    listed = pd.DataFrame(rows_out, columns=columns)
     listed["details"] = listed["details"].map(lambda d: json.dumps(d) if d is not None else None)
     events_frame = pd.concat([listed, *events], ignore_index=True)[columns] if events else listed
     retire_frame = pd.DataFrame(retired, columns=["mpi_id", "merged_into"])
 
     for name, frame in (("person_records", new_records), ("records_upsert", records_upsert),
                         ("records_delete", records_delete), ("persons_upsert", persons_upsert),
-                        ("persons_retire", retire_frame), ("events", events_frame),
-                        ("persons", persons_all)):
-        _write_parquet(out / f"{name}.parquet", frame)
+                        ("persons_retire", retire_frame), ("events", events_frame)):
+        _write_parquet(out / f"{name}.parquet", frame, **_INDEX_WRITE.get(name, {}))
     lap("write")
 
     counts = events_frame["event_type"].value_counts().to_dict()
+    n_kept = int(kept.sum())
     summary = {
         "run_id": run_id,
         "base_run": base,
         "index_run": last,
         "index_source": index_source,
         "crosswalk_hash": cw_hash,
+        # Publish records this mark: the next run then knows these files are the index.
+        "assignment": secrets.token_hex(8),
         "golden_rules": rules_key,
         "records": int(n),
         "persons": int(n_clusters),
+        "clusters_mapped": int(touched.sum()),
         "golden_recomputed": int(len(golden)),
-        "ids_kept": len(kept),
-        "previous_active_ids": len(prev_active),
-        "ids_kept_share": round(len(kept) / len(prev_active), 6) if prev_active else None,
+        "ids_kept": n_kept,
+        "previous_active_ids": int(n_persons),
+        "ids_kept_share": round(n_kept / n_persons, 6) if n_persons else None,
         "events": {k: int(counts.get(k, 0)) for k in schema.EVENT_TYPES},
         "changes": {"records_upsert": int(len(records_upsert)),
                     "records_delete": int(len(records_delete)),
@@ -691,6 +1065,7 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     tmp = summary_path.with_name("summary.json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, summary_path)
-    log.info("assign: %d persons (%d golden records recomputed), %d IDs kept, index from %s, "
-             "events %s", n_clusters, len(golden), len(kept), index_source, summary["events"])
+    log.info("assign: %d persons (%d mapped by overlap, %d golden records recomputed), %d IDs "
+             "kept, index from %s, events %s", n_clusters, int(touched.sum()), len(golden),
+             n_kept, index_source, summary["events"])
     return summary

@@ -8,7 +8,8 @@ What is written, all in one transaction (SQLite and PostgreSQL alike):
 - ``mpi_events`` and ``match_pairs`` of the run (replaced as a whole: a rerun gives the
   same rows);
 - ``watermarks``: the newest ``source_updated_at`` of each register;
-- ``runs``: status ``published`` with the run's counts.
+- ``runs``: status ``published`` with the run's counts and the mark of the assignment it
+  published (``assignment``): the next run then reads the index from the ``assign/`` files.
 
 Before anything is written, **row conservation** is checked on the run's files: for every
 register, extracted rows = passed + quarantined, and the records being published are exactly
@@ -36,13 +37,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipelines.errors import ReglinkError
-from pipelines.link import read_records
+from pipelines.link import records_path
 from pipelines.mpi.ids import PublishConflictError
 from pipelines.store import repository as repo
 from pipelines.store import schema
@@ -103,37 +105,57 @@ def _json_as_text(table: sa.Table) -> sa.Table:
 
 
 def _json_numbers(values: np.ndarray) -> np.ndarray:
-    return np.array(["null" if v != v else repr(v) for v in values.tolist()], dtype=object)
+    """Each number as JSON text, as ``repr`` writes it (``null`` for NaN); each distinct value
+    is formatted once (weights take few distinct values)."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    # Distinct by their bits: -0.0 and 0.0 are equal but written differently.
+    bits, first, inverse = np.unique(values.view(np.int64), return_index=True,
+                                     return_inverse=True)
+    text = np.array(["null" if v != v else repr(v) for v in values[first].tolist()],
+                    dtype=object)
+    return text[inverse.reshape(-1)]
 
 
 def _explanations(table: pa.Table, names: list[str]) -> np.ndarray:
-    """Each pair's ``{comparison: {"level": ..., "weight": ...}}`` as JSON text."""
-    out = np.full(table.num_rows, "{", dtype=object)
+    """Each pair's ``{comparison: {"level": ..., "weight": ...}}`` as JSON text (joined by
+    Arrow, column by column)."""
+    pieces: list[Any] = ["{"]
     for k, name in enumerate(names):
         level = table.column(f"gamma_{name}").to_numpy().astype(np.int64).astype(str)
         weight = _json_numbers(np.round(table.column(f"w_{name}").to_numpy().astype(
             np.float64), 3))
-        out = (out + ("" if k == 0 else ", ") + f'"{name}": {{"level": ' + level.astype(object)
-               + ', "weight": ' + weight + "}")
-    return out + "}"
+        pieces += [("" if k == 0 else ", ") + f'"{name}": {{"level": ',
+                   pa.array(level, type=pa.string()), ', "weight": ',
+                   pa.array(weight, type=pa.string()), "}"]
+    pieces.append("}")
+    joined = pc.binary_join_element_wise(
+        *(pa.scalar(p, pa.string()) if isinstance(p, str) else p for p in pieces),
+        pa.scalar("", pa.string()))
+    return np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)
 
 
-def _pair_frame(run_dir: Path, cluster: np.ndarray, relinked: np.ndarray
+def _pair_frame(run_dir: Path, crosswalk: pa.Table, relinked: np.ndarray
                 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """``match_pairs`` rows of the run: the review band (with explanations), links cut by a
     constraint, and links of records (re)linked in this run (the weakest
-    :data:`LINKED_PAIRS_KEPT`); and how many pairs of each status there are in all."""
+    :data:`LINKED_PAIRS_KEPT`); and how many pairs of each status there are in all.
+
+    A pair is its records ``left`` and ``right``, positions in the run's records as in
+    ``crosswalk`` (``register``, ``record_id``, ``cluster_id``): the keys are taken from
+    there, for the pairs kept only."""
     path = run_dir / "link" / "pairs.parquet"
-    head = pq.read_table(path, columns=["left", "right", "match_probability", "match_weight"])
+    names = [c[len("gamma_"):] for c in pq.read_schema(path).names if c.startswith("gamma_")]
+    pairs = pq.ParquetFile(path).read(columns=["left", "right", "match_probability",
+                                               "match_weight"])
     model = json.loads((run_dir / "link" / "model.json").read_text())
     link_th = float(model["settings"]["thresholds"]["link"])
-    left = head.column("left").to_numpy()
-    right = head.column("right").to_numpy()
-    prob = head.column("match_probability").to_numpy().astype(np.float64)
-    weight = head.column("match_weight").to_numpy().astype(np.float64)
-    del head
+    left = pairs.column("left").to_numpy()
+    right = pairs.column("right").to_numpy()
+    prob = pairs.column("match_probability").to_numpy().astype(np.float64)
+    weight = pairs.column("match_weight").to_numpy().astype(np.float64)
+    del pairs
+    cluster = crosswalk.column("cluster_id").to_numpy()
     same = cluster[left] == cluster[right]
-    status = np.where(same, "linked", np.where(prob >= link_th, "rejected", "review"))
     totals = {"linked": int(same.sum()), "rejected": int((~same & (prob >= link_th)).sum()),
               "review": int((~same & (prob < link_th)).sum())}
     linked = same & (relinked[left] | relinked[right])
@@ -142,11 +164,15 @@ def _pair_frame(run_dir: Path, cluster: np.ndarray, relinked: np.ndarray
         order = np.lexsort((linked_rows, weight[linked_rows]))[:LINKED_PAIRS_KEPT]
         linked_rows = linked_rows[order]
     rows = np.sort(np.concatenate([np.flatnonzero(~same), linked_rows]))
-    status = status[rows]
-    names = [c[len("gamma_"):] for c in pq.read_schema(path).names if c.startswith("gamma_")]
+    status = np.where(same[rows], "linked", np.where(prob[rows] >= link_th, "rejected",
+                                                     "review"))
+    table = pq.ParquetFile(path).read(columns=["left", *(f"{p}_{n}" for n in names
+                                                         for p in ("gamma", "w"))]
+                                      ).take(pa.array(rows))
+    for side, at in (("l", left[rows]), ("r", right[rows])):
+        for key in ("register", "record_id"):
+            table = table.append_column(f"{key}_{side}", crosswalk.column(key).take(at))
     keys = ["register_l", "record_id_l", "register_r", "record_id_r"]
-    table = pq.read_table(path, columns=[*keys, *(f"{p}_{n}" for n in names
-                                                  for p in ("gamma", "w"))]).take(rows)
     explain = status != "linked"
     explanation = np.full(len(rows), None, dtype=object)
     if explain.any() and names:
@@ -317,11 +343,24 @@ def _replace_run_rows(conn: Connection, table: sa.Table, run_id: str,
         _copy_csv(conn, table.name, frame.assign(run_id=run_id))
 
 
-def _watermarks(records: pd.DataFrame) -> dict[str, str]:
-    if "source_updated_at" not in records.columns:
+def _watermarks(run_dir: Path) -> dict[str, str]:
+    """Per register, the newest ``source_updated_at`` of its records (canonical ISO text,
+    grouped by Arrow)."""
+    path = records_path(run_dir)
+    if not path.is_file():
+        raise ReglinkError(f"{path} not found: run the standardise step of run "
+                           f"{run_dir.name} first")
+    schema_ = pq.read_schema(path)
+    if "source_updated_at" not in schema_.names:
         return {}
-    values = records[["register", "source_updated_at"]].dropna()
-    return values.groupby("register")["source_updated_at"].max().astype(str).to_dict()
+    records = pq.ParquetFile(path).read(columns=["register", "source_updated_at"])
+    if not pa.types.is_large_string(records.schema.field("source_updated_at").type):
+        values = records.to_pandas().dropna()
+        return values.groupby("register")["source_updated_at"].max().astype(str).to_dict()
+    newest = records.group_by("register").aggregate([("source_updated_at", "max")])
+    return {register: value for register, value in zip(
+        newest["register"].to_pylist(), newest["source_updated_at_max"].to_pylist(),
+        strict=True) if register is not None and value is not None}
 
 
 def _pause() -> None:
@@ -347,20 +386,22 @@ def publish_run(engine: Engine, run_id: str, run_dir: Path) -> dict[str, Any]:
         raise ReglinkError(f"{summary_path} not found: run the assign step of run {run_id} "
                            "first")
     summary = json.loads(summary_path.read_text())
-    linked_run = pd.read_parquet(out / "person_records.parquet", columns=["linked_run"])
-    index = linked_run["linked_run"].to_numpy(dtype=object)
+    linked_run = pq.read_table(out / "person_records.parquet", columns=["linked_run"])
+    n_records = len(linked_run)
+    relinked = pc.fill_null(pc.equal(linked_run["linked_run"], run_id), False).to_numpy(
+        zero_copy_only=False)
     del linked_run
-    conservation = check_conservation(run_dir, len(index))
-    cluster = pd.read_parquet(run_dir / "cluster" / "crosswalk.parquet",
-                              columns=["cluster_id"])["cluster_id"].to_numpy()
+    conservation = check_conservation(run_dir, n_records)
+    crosswalk = pq.ParquetFile(run_dir / "cluster" / "crosswalk.parquet").read(
+        columns=["register", "record_id", "cluster_id"])
     upsert_records = pd.read_parquet(out / "records_upsert.parquet")
     delete_records = pd.read_parquet(out / "records_delete.parquet")
     persons = pd.read_parquet(out / "persons_upsert.parquet")
     retire = pd.read_parquet(out / "persons_retire.parquet")
     events = pd.read_parquet(out / "events.parquet")
-    pairs, pair_totals = _pair_frame(run_dir, cluster, index == run_id)
-    del cluster
-    watermarks = _watermarks(read_records(run_dir, columns=["register", "source_updated_at"]))
+    pairs, pair_totals = _pair_frame(run_dir, crosswalk, relinked)
+    del crosswalk, relinked
+    watermarks = _watermarks(run_dir)
     reused = summary.get("index_run") == run_id
 
     with engine.begin() as conn:
@@ -372,7 +413,7 @@ def publish_run(engine: Engine, run_id: str, run_dir: Path) -> dict[str, Any]:
         if last == run_id and index_run != run_id:
             # This assignment is the one already published: nothing to change.
             log.info("publish: run %s is already published; nothing to do", run_id)
-            return {"run_id": run_id, "already_published": True, "records": len(index)}
+            return {"run_id": run_id, "already_published": True, "records": n_records}
         if last != index_run:
             raise PublishConflictError(
                 f"the index was published by run {last} after run {run_id} read it; rerun "
@@ -398,13 +439,14 @@ def publish_run(engine: Engine, run_id: str, run_dir: Path) -> dict[str, Any]:
             repo.set_watermark(conn, register, value, run_id)
         n_index = conn.execute(sa.select(sa.func.count()).select_from(
             schema.person_records)).scalar_one()
-        if n_index != len(index):
+        if n_index != n_records:
             raise ConservationError(
                 f"run {run_id}: after publishing, person_records would hold {n_index} rows "
-                f"instead of {len(index)}; nothing is published (the index was changed "
+                f"instead of {n_records}; nothing is published (the index was changed "
                 "outside reglink?)")
         counts = {
-            "published": {"records": int(len(index)), "persons": int(summary["persons"]),
+            "published": {"records": int(n_records), "persons": int(summary["persons"]),
+                          "assignment": summary.get("assignment"),
                           "events": summary["events"], "changes": summary["changes"],
                           "pairs": pairs["status"].value_counts().to_dict(),
                           "pairs_scored": pair_totals,
@@ -412,11 +454,11 @@ def publish_run(engine: Engine, run_id: str, run_dir: Path) -> dict[str, Any]:
         }
         _pause()
         repo.finish_run(conn, run_id, "published", counts)
-    result = {"run_id": run_id, "records": int(len(index)), "persons": summary["persons"],
+    result = {"run_id": run_id, "records": int(n_records), "persons": summary["persons"],
               "records_deleted": int(deleted), "records_upserted": int(len(upsert_records)),
               "persons_upserted": int(len(persons)), "persons_retired": int(len(retire)),
               "events": summary["events"], "pairs": int(len(pairs)),
               "seconds": round(time.perf_counter() - started, 2)}
-    log.info("publish: run %s published (%d records, %.1f s)", run_id, len(index),
+    log.info("publish: run %s published (%d records, %.1f s)", run_id, n_records,
              result["seconds"])
     return result
