@@ -552,7 +552,7 @@ def _write_persons(path: Path, previous: Persons, golden: pa.Table, rows: np.nda
 
 
 def _index_from_files(conn: Connection, last: str, data_dir: Path
-                      ) -> tuple[pa.Table, pa.Table, dict[str, Any]] | None:
+                      ) -> tuple[pa.Table, Persons, dict[str, Any]] | None:
     """The published index as the run that published it left it in ``assign/``
     (``person_records.parquet`` and ``persons.parquet``), or None when those files are gone
     or are not what was published (then the index is read from the database).
@@ -589,8 +589,7 @@ def _index_from_files(conn: Connection, last: str, data_dir: Path
                         in_files[0], expected[0], in_files[1], expected[1])
             return None
     records = _as_table(_read(paths[0], RECORD_COLUMNS), _RECORD_SCHEMA)
-    persons = _as_table(_read(paths[1], _PERSON_SCHEMA.names[:-3] + ["created_run",
-                                                                     "updated_run"]),
+    persons = _as_table(_read(paths[1], _PERSON_SCHEMA_NO_PROVENANCE.names),
                         _PERSON_SCHEMA_NO_PROVENANCE)
     if not _is_sorted(_text(persons["mpi_id"])):  # written by ID: a file from elsewhere
         return None

@@ -109,8 +109,8 @@ def _json_numbers(values: np.ndarray) -> np.ndarray:
     is formatted once (weights take few distinct values)."""
     values = np.ascontiguousarray(values, dtype=np.float64)
     # Distinct by their bits: -0.0 and 0.0 are equal but written differently.
-    bits, first, inverse = np.unique(values.view(np.int64), return_index=True,
-                                     return_inverse=True)
+    _, first, inverse = np.unique(values.view(np.int64), return_index=True,
+                                  return_inverse=True)
     text = np.array(["null" if v != v else repr(v) for v in values[first].tolist()],
                     dtype=object)
     return text[inverse.reshape(-1)]
