@@ -50,6 +50,7 @@ from pipelines.registers import (
     DATE_COLUMNS,
     read_yaml_mapping,
 )
+from pipelines.timing import Laps
 
 __all__ = [
     "ALL_REGISTERS",
@@ -1127,13 +1128,7 @@ def run_consistency(
     from pipelines.validate import require_validated
 
     started = time.perf_counter()
-    seconds: dict[str, float] = {}
-    mark = [started]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        seconds[name] = round(now - mark[0], 2)
-        mark[0] = now
+    lap = Laps(started)
 
     run_dir = Path(run_dir)
     config_dir = Path(config_dir)
@@ -1218,7 +1213,7 @@ def run_consistency(
         ).scalar_one_or_none()
         repo.update_run(conn, run_id, counts={**(counts or {}), "consistency": summary})
     lap("write")
-    summary["seconds"] = {**seconds, "total": round(time.perf_counter() - started, 2)}
+    summary["seconds"] = {**lap.seconds, "total": round(time.perf_counter() - started, 2)}
     log.info("consistency of run %s: %d finding(s) over %d rule(s), index from %s, in %.1f s",
              run_id, n_findings, len(evaluated), index_source,
              time.perf_counter() - started)

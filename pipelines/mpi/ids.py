@@ -73,6 +73,7 @@ from pipelines.link import KEY, records_path
 from pipelines.mpi.golden import golden_records, load_rules
 from pipelines.store import repository as repo
 from pipelines.store import schema
+from pipelines.timing import Laps
 
 log = logging.getLogger(__name__)
 
@@ -732,14 +733,7 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     rules = load_rules(config_dir) if config_dir is not None else load_rules(
         run_dir / "__no_config__")
     rules_key = golden_rules_key(configs, rules)
-    timings: dict[str, float] = {}
-
-    mark = [started]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        timings[name] = round(now - mark[0], 2)
-        mark[0] = now
+    lap = Laps(started)
 
     with engine.connect() as conn:
         base = base_run(conn, run_id)
@@ -1058,7 +1052,7 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
                     "records_delete": int(len(records_delete)),
                     "persons_upsert": int(len(persons_upsert)),
                     "persons_retire": int(len(retire_frame))},
-        "timings": timings,
+        "timings": lap.seconds,
         "seconds": round(time.perf_counter() - started, 2),
     }
     tmp = summary_path.with_name("summary.json.tmp")
