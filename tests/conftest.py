@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -47,14 +49,11 @@ def pg_url() -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    """URL of an empty MPI database, once on SQLite and once on a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'mpi.sqlite'}"
-        return
-    server_url = request.getfixturevalue("pg_url")
-    name = f"reglink_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def new_pg_database(server_url: str, prefix: str = "reglink_test") -> Iterator[str]:
+    """A new empty database on the server of ``server_url`` (a ``pg_url``), dropped after
+    the block, even while connections are still open."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = _admin_connect(server_url.replace("postgresql+psycopg2://", "postgresql://"))
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
@@ -64,3 +63,28 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """URL of an empty MPI database, once on SQLite and once on a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mpi.sqlite'}"
+        return
+    with new_pg_database(request.getfixturevalue("pg_url")) as url:
+        yield url
+
+
+def synthetic_country(base: Path, persons: int, seed: int, *, share: float,
+                      delta_seed: int) -> dict[str, Path]:
+    """``reglink synth`` of ``persons`` under ``base/source``, and the same country one
+    night later (``share`` of the records corrected, added or deleted) under ``base/delta``."""
+    from pipelines.cli import main
+    from pipelines.mpi.incremental import make_nightly_delta
+
+    source, delta = base / "source", base / "delta"
+    assert main(["synth", "--persons", str(persons), "--seed", str(seed),
+                 "--out", str(source)]) == 0
+    config = Path(__file__).resolve().parents[1] / "config"
+    make_nightly_delta(source, delta, config, share=share, seed=delta_seed)
+    return {"source": source, "delta": delta}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,13 +20,12 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines import consistency
-from pipelines.cli import main
 from pipelines.consistency import evaluate_rules, load_rules, run_consistency
-from pipelines.mpi.incremental import make_nightly_delta
 from pipelines.steps import RunContext, engine_for, run_all
 from pipelines.store import schema
 from pipelines.store.engine import make_engine
 from pipelines.store.migrations import upgrade
+from tests.conftest import new_pg_database, synthetic_country
 from tests.test_consistency import BACKGROUND, _publish, _write_run, born_1950, frame, rec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,55 +35,38 @@ CONFIG = ROOT / "config"
 @pytest.fixture(scope="module")
 def country(tmp_path_factory) -> dict[str, Path]:
     """A synthetic country of 200 persons and the same country one night later."""
-    base = tmp_path_factory.mktemp("country")
-    source = base / "source"
-    assert main(["synth", "--persons", "200", "--seed", "21", "--out", str(source)]) == 0
-    delta = base / "delta"
-    make_nightly_delta(source, delta, CONFIG, share=0.05, seed=22)
-    return {"source": source, "delta": delta}
-
-
-def _admin(url: str):
-    import psycopg2
-
-    conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://").rsplit(
-        "/", 1)[0] + "/postgres")
-    conn.autocommit = True
-    return conn
+    return synthetic_country(tmp_path_factory.mktemp("country"), 200, 21, share=0.05,
+                             delta_seed=22)
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
                                                                marks=pytest.mark.postgres)])
-def nightly(request, country, tmp_path_factory) -> RunContext:
+def nightly(request, country, tmp_path_factory) -> Iterator[RunContext]:
     """Run 1 over the country, run 2 over the nightly delta, both published."""
     data_dir = tmp_path_factory.mktemp(f"consistency_{request.param}")
-    url = None
-    if request.param == "postgresql":
-        server = request.getfixturevalue("pg_url")
-        url = server.rsplit("/", 1)[0] + f"/reglink_test_cons_{uuid.uuid4().hex[:10]}"
-        admin = _admin(server)
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{url.rsplit("/", 1)[1]}"')
+    with ExitStack() as stack:
+        url = None
+        if request.param == "postgresql":
+            url = stack.enter_context(new_pg_database(request.getfixturevalue("pg_url"),
+                                                      "reglink_test_cons"))
+        stack.callback(_dispose_engines)
 
-    def ctx(run_id: str, source: Path) -> RunContext:
-        return RunContext(run_id=run_id, config_dir=CONFIG, data_dir=data_dir,
-                          database_url=url, source_dir=source, data_docs=False)
+        def ctx(run_id: str, source: Path) -> RunContext:
+            return RunContext(run_id=run_id, config_dir=CONFIG, data_dir=data_dir,
+                              database_url=url, source_dir=source, data_docs=False)
 
-    try:
         run_all(ctx("20261126T010000Z", country["source"]))
         second = ctx("20261127T010000Z", country["delta"])
         summary = run_all(second)
         assert summary.steps["assign_ids"]["index_source"] == "files"
         yield second
-    finally:
-        from pipelines.steps import _ENGINES
 
-        for key in list(_ENGINES):
-            _ENGINES.pop(key).dispose()
-        if url:
-            with admin.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-            admin.close()
+
+def _dispose_engines() -> None:
+    from pipelines.steps import _ENGINES
+
+    for key in list(_ENGINES):
+        _ENGINES.pop(key).dispose()
 
 
 def _stored(engine: sa.Engine, run_id: str) -> tuple[list[tuple], list[tuple]]:

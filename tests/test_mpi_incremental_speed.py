@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from pipelines.cli import main
 from pipelines.mpi.decisions import record_decision
 from pipelines.mpi.ids import (
     _key_positions,
@@ -32,7 +31,6 @@ from pipelines.mpi.ids import (
     map_clusters,
     same_as_before,
 )
-from pipelines.mpi.incremental import make_nightly_delta
 from pipelines.mpi.publish import _explanations, _json_numbers, _watermarks
 from pipelines.registers import load_register_configs
 from pipelines.steps import (
@@ -48,6 +46,7 @@ from pipelines.steps import (
 )
 from pipelines.steps import _validate as validate_all
 from pipelines.store import schema
+from tests.conftest import synthetic_country
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -176,9 +175,8 @@ def nightly(tmp_path_factory) -> dict:
     """A first run of a small country, then a nightly delta with a steward's split and merge,
     clustered but not yet assigned."""
     base = tmp_path_factory.mktemp("incremental")
-    source, delta = base / "source", base / "delta"
-    assert main(["synth", "--persons", "700", "--seed", "23", "--out", str(source)]) == 0
-    make_nightly_delta(source, delta, CONFIG, share=0.05, seed=9)
+    country = synthetic_country(base, 700, 23, share=0.05, delta_seed=9)
+    source, delta = country["source"], country["delta"]
     data_dir = base / "data"
 
     def ctx(run_id: str, src: Path) -> RunContext:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from pipelines.cli import main
 from pipelines.link import cluster_run, link_records, standardise_run
 from pipelines.mpi.decisions import record_decision
-from pipelines.mpi.incremental import crosswalk_agreement, make_nightly_delta
+from pipelines.mpi.incremental import crosswalk_agreement
 from pipelines.steps import (
     RunContext,
     assign_ids_step,
@@ -44,6 +44,7 @@ from pipelines.steps import (
 )
 from pipelines.steps import _validate as validate_all
 from pipelines.store import schema
+from tests.conftest import synthetic_country
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -52,12 +53,8 @@ CONFIG = ROOT / "config"
 @pytest.fixture(scope="module")
 def country(tmp_path_factory) -> dict[str, Path]:
     """A synthetic country of 1,500 persons and the same country one night later."""
-    base = tmp_path_factory.mktemp("country")
-    source = base / "source"
-    assert main(["synth", "--persons", "1500", "--seed", "11", "--out", str(source)]) == 0
-    delta = base / "delta"
-    make_nightly_delta(source, delta, CONFIG, share=0.02, seed=5)
-    return {"source": source, "delta": delta}
+    return synthetic_country(tmp_path_factory.mktemp("country"), 1_500, 11, share=0.02,
+                             delta_seed=5)
 
 
 def snapshot(ctx: RunContext) -> dict:

@@ -19,9 +19,9 @@ import pytest
 
 import pipelines.validate as validate_module
 from pipelines.cli import main
-from pipelines.mpi.incremental import make_nightly_delta
 from pipelines.registers import load_register_configs
 from pipelines.validate import validate_run
+from tests.conftest import synthetic_country
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -87,12 +87,8 @@ def assert_same_as_full(tmp: Path, data: Path, run_id: str, previous: str,
 @pytest.fixture(scope="module")
 def country(tmp_path_factory) -> dict[str, Path]:
     """A synthetic country of 1,500 persons and the same country one night later."""
-    base = tmp_path_factory.mktemp("country")
-    source = base / "source"
-    assert main(["synth", "--persons", "1500", "--seed", "11", "--out", str(source)]) == 0
-    delta = base / "delta"
-    make_nightly_delta(source, delta, CONFIG, share=0.02, seed=5)
-    return {"source": source, "delta": delta}
+    return synthetic_country(tmp_path_factory.mktemp("country"), 1_500, 11, share=0.02,
+                             delta_seed=5)
 
 
 def test_incremental_validation_equals_a_full_one(country, tmp_path):
