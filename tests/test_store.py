@@ -68,6 +68,44 @@ def test_upgrade_from_empty_creates_every_table_and_view(empty_db_url: str) -> N
     eng.dispose()
 
 
+def test_upgrade_to_0004_keeps_findings_pairs_and_views(empty_db_url: str) -> None:
+    """0004 drops the per-row foreign keys of findings and pairs (on SQLite by rebuilding
+    the tables): the rows, the views over them and the unique keys stay."""
+    eng = make_engine(empty_db_url)
+    upgrade(eng, "0003")
+    with eng.begin() as conn:
+        run_id = _start(conn)
+        persons, _ = _index_rows(run_id, 1, 2)
+        repo.bulk_insert(conn, schema.persons, persons)
+        mpi_id = persons["mpi_id"].iloc[0]
+        conn.exec_driver_sql(
+            "INSERT INTO consistency_findings (run_id, rule, mpi_id, register, record_ids, "
+            f"details) VALUES ('{run_id}', 'sex_conflict', '{mpi_id}', 'civil', "
+            "'[{\"register\": \"civil\", \"record_id\": \"1\"}]', '{}')")
+        conn.exec_driver_sql(
+            "INSERT INTO match_pairs (run_id, register_l, record_id_l, register_r, "
+            f"record_id_r, match_weight, match_probability, status) VALUES ('{run_id}', "
+            "'civil', '1', 'health', '2', 9.5, 0.99, 'review')")
+        conn.exec_driver_sql(
+            "INSERT INTO consistency_metrics (run_id, rule, register, count) VALUES "
+            f"('{run_id}', 'sex_conflict', 'all', 1)")
+        repo.finish_run(conn, run_id, "published", {})
+    upgrade(eng)
+    with eng.connect() as conn:
+        inspector = sa.inspect(conn)
+        assert inspector.get_foreign_keys("consistency_findings") == []
+        assert inspector.get_foreign_keys("match_pairs") == []
+        assert set(inspector.get_view_names()) == set(schema.VIEW_NAMES)
+        assert conn.exec_driver_sql(
+            "SELECT rule, records FROM v_consistency_findings").all() == [("sex_conflict", 1)]
+        assert conn.exec_driver_sql("SELECT count(*) FROM match_pairs").scalar() == 1
+    with pytest.raises(sa.exc.IntegrityError), eng.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO consistency_findings (run_id, rule, mpi_id) VALUES "
+            f"('{run_id}', 'sex_conflict', '{mpi_id}')")
+    eng.dispose()
+
+
 def test_upgrade_twice_changes_nothing(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         _start(conn)

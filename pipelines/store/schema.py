@@ -236,7 +236,9 @@ match_pairs = sa.Table(
     "match_pairs",
     metadata,
     sa.Column("id", SurrogateKey, primary_key=True, autoincrement=True),
-    _run_fk(comment="run that scored the pair"),
+    # Per-run bulk rows: no foreign key, whose check per row cost more than the write
+    # (migration 0004).
+    sa.Column("run_id", sa.Text(), nullable=False, comment="run that scored the pair"),
     *_pair_columns(),
     sa.Column("match_weight", sa.Float(), nullable=False, comment="log2 Bayes factor"),
     sa.Column("match_probability", sa.Float(), nullable=False),
@@ -329,9 +331,11 @@ consistency_findings = sa.Table(
     "consistency_findings",
     metadata,
     sa.Column("id", SurrogateKey, primary_key=True, autoincrement=True),
-    _run_fk(),
+    # Per-run bulk rows: no foreign keys, whose check per row cost more than the write
+    # (migration 0004).
+    sa.Column("run_id", sa.Text(), nullable=False),
     sa.Column("rule", sa.Text(), nullable=False, comment="e.g. dead_but_pension_active"),
-    _mpi_fk("mpi_id", False, "the person the finding is about"),
+    sa.Column("mpi_id", sa.Text(), nullable=False, comment="the person the finding is about"),
     sa.Column("register", sa.Text(), comment="the register where a steward should act"),
     sa.Column("record_ids", JSONDoc, comment='records involved: [{"register", "record_id"}]'),
     sa.Column("details", JSONDoc),
