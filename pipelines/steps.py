@@ -422,6 +422,10 @@ def _release_memory() -> None:
     import sys
 
     gc.collect()
+    # What survives a step is mostly imported modules (Great Expectations alone is hundreds
+    # of thousands of objects): frozen, the next collection does not walk them again
+    # (2 s over an incremental run at 1M). run_all unfreezes them when it ends.
+    gc.freeze()
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
 
@@ -472,17 +476,22 @@ def run_all(ctx: RunContext, *, on_step: Callable[[str], None] | None = None) ->
         log.info("run %s: %s done (%.1f s)", ctx.run_id, name, summary.seconds[name])
         return result
 
-    registers = step("registers", lambda: configured_registers(ctx))
-    step("extract", lambda: _extract_all(ctx, registers))
-    step("validate", lambda: _validate(ctx, None, data_docs=ctx.data_docs))
-    step("validation_gate", lambda: validation_gate_step(ctx))
-    step("standardise", lambda: standardise_step(ctx))
-    step("link", lambda: link_step(ctx))
-    step("cluster", lambda: cluster_step(ctx))
-    step("assign_ids", lambda: assign_ids_step(ctx))
-    step("publish", lambda: publish_step(ctx))
-    step("consistency", lambda: consistency_step(ctx))
-    step("report", lambda: report_step(ctx))
+    import gc
+
+    try:
+        registers = step("registers", lambda: configured_registers(ctx))
+        step("extract", lambda: _extract_all(ctx, registers))
+        step("validate", lambda: _validate(ctx, None, data_docs=ctx.data_docs))
+        step("validation_gate", lambda: validation_gate_step(ctx))
+        step("standardise", lambda: standardise_step(ctx))
+        step("link", lambda: link_step(ctx))
+        step("cluster", lambda: cluster_step(ctx))
+        step("assign_ids", lambda: assign_ids_step(ctx))
+        step("publish", lambda: publish_step(ctx))
+        step("consistency", lambda: consistency_step(ctx))
+        step("report", lambda: report_step(ctx))
+    finally:
+        gc.unfreeze()  # what _release_memory froze is collectable again after the run
     _write_json(ctx.run_dir / "run.json", {"run_id": ctx.run_id, "context": ctx.to_dict(),
                                            "steps": summary.steps, "seconds": summary.seconds})
     return summary
