@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from matching.errors import MatchingWarning
 from matching.translit import name_key, name_tokens, to_latin
@@ -132,8 +133,9 @@ def _patronymic_parts(text: str) -> tuple[str | None, str | None]:
     key = name_key(text)
     if key is None:
         return None, None
-    letters = len(to_latin(text).replace(" ", ""))
-    if len(key) == 1 or (letters <= 2 and "." in text):
+    # An initial is one key letter, or at most two letters with a dot ("Kh."): only a dotted
+    # text needs transliterating a second time to count its letters.
+    if len(key) == 1 or ("." in text and len(to_latin(text).replace(" ", "")) <= 2):
         return None, key[0]
     root = _given_root(_strip_suffix(key, _PATRONYMIC_SUFFIXES, _MIN_PATRONYMIC_ROOT))
     return root, root[0]
@@ -344,7 +346,11 @@ def birth_date_quality(iso: object) -> str:
     """``exact``, ``placeholder`` (1 January: registers write 01.01 when only the year is
     known, so it is weak evidence, not an error — real 1 January births exist), ``partial``
     (year, or year and month) or ``missing`` (nothing, or nothing parseable)."""
-    year, month, day = birth_date_parts(iso)
+    return _quality_of(birth_date_parts(iso))
+
+
+def _quality_of(parts: DateParts) -> str:
+    year, month, day = parts
     if year is None:
         return "missing"
     if month is None or day is None:
@@ -398,32 +404,50 @@ class _Column:
 
     def __init__(self, df: pd.DataFrame, name: str) -> None:
         self.index = df.index
+        # indices: per row, the position of its value in uniques; null when missing.
+        self.indices: pa.Array
+        self.uniques: list[Any]
         if name in df.columns:
-            self.codes, uniques = pd.factorize(df[name], use_na_sentinel=True)
-            self.uniques: list[Any] = [_as_text(u) for u in uniques]
+            self.indices, self.uniques = _factorize(df[name])
         else:
-            self.codes = np.full(len(df), -1, dtype=np.intp)
-            self.uniques = []
+            self.indices, self.uniques = pa.nulls(len(df), pa.int32()), []
 
     def text(self, func: Callable[[Any], str | None]) -> pd.Series:
+        return self.text_of([func(u) for u in self.uniques])
+
+    def text_of(self, values: list[str | None]) -> pd.Series:
+        """The column of ``values``, given one per distinct value."""
         # Arrow "take" builds the string column without a Python object per row.
-        lookup = pa.array([func(u) for u in self.uniques], type=pa.large_string())
-        taken = lookup.take(pa.array(self.codes, mask=self.codes < 0))
+        lookup = pa.array(values, type=pa.large_string())
+        taken = lookup.take(self.indices)
         return pd.Series(pd.arrays.ArrowStringArray(taken), index=self.index)
 
     def ints(self, values: Sequence[int | None]) -> pd.Series:
+        # Missing rows (code -1) pick the masked entry appended at the end.
+        codes = self.indices.fill_null(-1).to_numpy()
         data = np.array([0 if v is None else v for v in values] + [0], dtype=np.int64)
         mask = np.array([v is None for v in values] + [True], dtype=bool)
-        array = pd.arrays.IntegerArray(data[self.codes], mask[self.codes])
+        array = pd.arrays.IntegerArray(data[codes], mask[codes])
         return pd.Series(array, index=self.index)
+
+
+def _factorize(values: pd.Series) -> tuple[pa.Array, list[Any]]:
+    """Take indices (null for missing) and the distinct values as text, as pd.factorize
+    would give them."""
+    if isinstance(values.array, pd.arrays.ArrowStringArray):
+        # Arrow's dictionary encoding gives both directly; pd.factorize wraps the same
+        # encoding in conversions to numpy and back that cost more than the encoding.
+        data = pa.array(values.array)
+        if isinstance(data, pa.ChunkedArray):
+            data = data.combine_chunks()
+        encoded = pc.dictionary_encode(data)
+        return encoded.indices, encoded.dictionary.to_pylist()
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return pa.array(codes, mask=codes < 0), [_as_text(u) for u in uniques]
 
 
 def _as_text(value: Any) -> Any:
     return value if isinstance(value, str) else str(value)
-
-
-def _compose(first: Callable[[Any], Any], second: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: second(first(value))
 
 
 def standardise(df: pd.DataFrame, name_parts: NameParts | None = None) -> pd.DataFrame:
@@ -447,16 +471,19 @@ def standardise(df: pd.DataFrame, name_parts: NameParts | None = None) -> pd.Dat
     out = df.copy()
     new: dict[str, pd.Series] = {}
 
+    # Keys are computed once per distinct name and reused by the columns derived from them.
     surname = _Column(df, "surname")
-    new["surname_std"] = surname.text(name_key)
-    new["surname_root"] = surname.text(_compose(name_key, surname_root))
+    surname_keys = [name_key(u) for u in surname.uniques]
+    new["surname_std"] = surname.text_of(surname_keys)
+    new["surname_root"] = surname.text_of([surname_root(k) for k in surname_keys])
 
     given = _Column(df, "given_name")
     father = _Column(df, "father_name")
     mother = _Column(df, "mother_name")
     if name_parts is None:
         name_parts = NameParts.learn([*given.uniques, *father.uniques, *mother.uniques])
-    new["given_std"] = given.text(name_key)
+    given_keys = [name_key(u) for u in given.uniques]
+    new["given_std"] = given.text_of(given_keys)
     new["given_first"] = given.text(lambda text: given_first(text, name_parts))
 
     patronymic = _Column(df, "patronymic")
@@ -470,7 +497,7 @@ def standardise(df: pd.DataFrame, name_parts: NameParts | None = None) -> pd.Dat
     new["birth_year"] = birth.ints([p[0] for p in parts])
     new["birth_month"] = birth.ints([p[1] for p in parts])
     new["birth_day"] = birth.ints([p[2] for p in parts])
-    computed_quality = birth.text(birth_date_quality).fillna("missing")
+    computed_quality = birth.text_of([_quality_of(p) for p in parts]).fillna("missing")
     if "birth_date_quality" in df.columns:
         given_quality = df["birth_date_quality"].astype("string")
         new["birth_date_quality"] = given_quality.fillna(computed_quality)
@@ -486,8 +513,8 @@ def standardise(df: pd.DataFrame, name_parts: NameParts | None = None) -> pd.Dat
         warnings.warn(message, MatchingWarning, stacklevel=2)
 
     new["pin_std"] = _pin_digits(df)
-    new["surname_phonetic"] = surname.text(_compose(name_key, phonetic_key))
-    new["given_phonetic"] = given.text(_compose(name_key, phonetic_key))
+    new["surname_phonetic"] = surname.text_of([phonetic_key(k) for k in surname_keys])
+    new["given_phonetic"] = given.text_of([phonetic_key(k) for k in given_keys])
     new["district_std"] = _Column(df, "district").text(place_key)
 
     for column in STANDARDISED_COLUMNS:

@@ -89,17 +89,49 @@ class LinkResult:
         return self.run_dir / "link"
 
 
-def load_validated(run_dir: Path) -> pd.DataFrame:
-    """The validated canonical records of a run, all registers concatenated."""
+def _read_validated(run_dir: Path) -> list[pa.Table]:
+    """The record columns of each validated file, in file order, as Arrow tables.
+
+    Only RECORD_COLUMNS are read: the src.* originals are most of each file and are not
+    kept. ``use_pandas_metadata`` makes this the read pd.read_parquet does.
+    """
     validated = require_validated(run_dir)
     files = sorted(p for p in validated.glob("*.parquet") if p.name != "quarantine.parquet")
     if not files:
         raise ReglinkError(f"no validated records in {validated}; run `reglink validate` first")
-    frames = []
+    tables = []
     for path in files:
-        frame = pd.read_parquet(path)
+        names = set(pq.read_schema(path).names)
+        columns = [c for c in RECORD_COLUMNS if c in names]
+        tables.append(pq.read_table(path, columns=columns, use_pandas_metadata=True))
+    return tables
+
+
+def _concatenates_in_arrow(tables: list[pa.Table]) -> bool:
+    """Whether converting the Arrow concatenation gives the frame pd.concat of the per-file
+    frames gives: same columns and types, no pandas metadata (it would rebuild an index or
+    dtypes per file) and no dictionaries (Arrow would merge their categories where
+    pd.concat falls back to object)."""
+    first = tables[0].schema
+    return all(
+        t.schema.equals(first) and b"pandas" not in (t.schema.metadata or {})
+        for t in tables
+    ) and not any(pa.types.is_dictionary(f.type) for f in first)
+
+
+def _concat_frames(tables: list[pa.Table]) -> pd.DataFrame:
+    """The records of all files in file order, as the per-file pd.read_parquet + pd.concat
+    used to build them (the general path, whatever the files hold)."""
+    frames = []
+    for table in tables:
+        frame = table.to_pandas()
         frames.append(frame[[c for c in RECORD_COLUMNS if c in frame.columns]])
-    records = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _refuse_duplicate_keys(records: pd.DataFrame) -> None:
+    """Raise on a repeated (register, record_id), naming the register of the first repeated
+    row in file order."""
     duplicated = records.duplicated(KEY)
     if duplicated.any():
         first = records.loc[duplicated].iloc[0]
@@ -107,6 +139,61 @@ def load_validated(run_dir: Path) -> pd.DataFrame:
             f"register {first['register']}: record_id is not unique "
             f"({int(duplicated.sum())} repeated ids); fix the extract or its record_id mapping"
         )
+
+
+def _same_as_previous(values: pa.ChunkedArray) -> pa.Array:
+    """Per position from the second on: equal to the value before it (two nulls are
+    equal, as in DataFrame.duplicated)."""
+    now, before = values[1:], values[:-1]
+    equal = pc.fill_null(pc.equal(now, before), False)
+    return pc.or_(equal, pc.and_(pc.is_null(now), pc.is_null(before)))
+
+
+def _key_order(table: pa.Table) -> pa.Array:
+    """Positions that sort ``table`` by key. Arrow sorts strings by UTF-8 bytes, which is
+    code point order like pandas, and puts nulls last like sort_values."""
+    # Keys in one chunk: a table of many chunks (row groups) is sorted chunk by chunk and
+    # then merged, which takes about twice as long.
+    keys = pa.table({k: table[k].combine_chunks() for k in KEY})
+    return pc.sort_indices(keys, [(k, "ascending") for k in KEY])
+
+
+def _has_repeated_key(ordered: pa.Table) -> bool:
+    """Whether records sorted by key repeat one: a repeated key sits next to its twin, so
+    one comparison of neighbours replaces DataFrame.duplicated's hashing."""
+    repeated = pc.and_(*(_same_as_previous(ordered[k]) for k in KEY))
+    return bool(pc.any(repeated).as_py())
+
+
+def _sorted_validated(run_dir: Path) -> pd.DataFrame:
+    """The validated records sorted by key (what load_validated + sort_values gave).
+
+    The sort runs on the Arrow table before pandas sees it: sort_values plus the row
+    gather on pandas' string columns cost several times more. A repeated key is found on
+    the sorted keys, then reported by the file-order check load_validated always ran, so
+    the message names the same register.
+    """
+    tables = _read_validated(run_dir)
+    if _concatenates_in_arrow(tables):
+        table = pa.concat_tables(tables)
+        del tables
+        ordered = table.take(_key_order(table))
+        if _has_repeated_key(ordered):
+            _refuse_duplicate_keys(table.select(KEY).to_pandas())
+        del table  # the unsorted copy: freed before pandas gets the sorted one
+        return ordered.to_pandas()
+    records = _concat_frames(tables)
+    keys = pa.table({k: records[k] for k in KEY})
+    order = _key_order(keys)
+    if _has_repeated_key(keys.take(order)):
+        _refuse_duplicate_keys(records)
+    return records.take(order.to_numpy()).reset_index(drop=True)
+
+
+def load_validated(run_dir: Path) -> pd.DataFrame:
+    """The validated canonical records of a run, all registers concatenated."""
+    records = _concat_frames(_read_validated(run_dir))
+    _refuse_duplicate_keys(records)
     return records
 
 
@@ -136,6 +223,44 @@ def read_records(run_dir: Path, columns: list[str] | None = None) -> pd.DataFram
 # ------------------------------------------------------------------------------- standardise
 
 
+# Rows per Parquet row group: pyarrow's default, so the file is laid out as before.
+_ROW_GROUP_ROWS = 1024 * 1024
+
+
+def _content_hash(records: pd.DataFrame) -> np.ndarray:
+    """Per row, a hash of every column but the key (compared with the previous run's)."""
+    hashed = records.drop(columns=KEY)
+    return pd.util.hash_pandas_object(hashed, index=False).to_numpy(
+        dtype=np.uint64).view(np.int64)
+
+
+def _write_records(path: Path, records: pd.DataFrame) -> None:
+    """Write ``records`` and their ``content_hash`` as ``to_parquet(index=False)`` did.
+
+    Each row group is hashed while the one before it is written: Parquet encoding runs in
+    Arrow without the GIL, so the two overlap (about 2 of 6 s at 1M persons). The hash is
+    per row, so hashing a row group at a time gives the same values.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The schema and pandas metadata of the whole frame; hashes are set per row group.
+    table = pa.Table.from_pandas(records.assign(content_hash=np.int64(0)), preserve_index=False)
+    at = table.schema.get_field_index("content_hash")
+    # Row-group min/max statistics can prune only on the sorted key columns; computing them
+    # for every text column costs about a quarter of the write, and no reader filters on them.
+    with (pq.ParquetWriter(path, table.schema, write_statistics=KEY) as writer,
+          ThreadPoolExecutor(max_workers=1) as pool):
+        writes = []
+        # At least one (maybe empty) row group, as pq.write_table writes for no rows.
+        for start in range(0, max(len(records), 1), _ROW_GROUP_ROWS):
+            hashes = _content_hash(records.iloc[start:start + _ROW_GROUP_ROWS])
+            group = table.slice(start, _ROW_GROUP_ROWS).set_column(
+                at, "content_hash", pa.array(hashes))
+            writes.append(pool.submit(writer.write_table, group))
+        for write in writes:
+            write.result()
+
+
 def standardise_run(run_dir: Path) -> dict[str, Any]:
     """Standardise the validated records of a run into ``standardise/records.parquet``.
 
@@ -144,13 +269,11 @@ def standardise_run(run_dir: Path) -> dict[str, Any]:
     content hash then marks it changed).
     """
     t = time.perf_counter()
-    records = standardise(load_validated(run_dir))
     # Keys sort the file so that record positions do not depend on the register file order.
-    records = records.sort_values(KEY, kind="stable", ignore_index=True)
-    hashed = records.drop(columns=KEY)
-    records["content_hash"] = pd.util.hash_pandas_object(hashed, index=False).to_numpy(
-        dtype=np.uint64).view(np.int64)
-    _atomic_write(records_path(run_dir), lambda p: records.to_parquet(p, index=False))
+    # Sorting before standardising gives the same rows: every standardised value depends on
+    # its own row only (the name vocabulary is a set, whatever the order).
+    records = standardise(_sorted_validated(run_dir))
+    _atomic_write(records_path(run_dir), lambda p: _write_records(p, records))
     seconds = round(time.perf_counter() - t, 2)
     log.info("standardise: %d records (%.1f s)", len(records), seconds)
     return {"records": len(records), "path": str(records_path(run_dir)), "seconds": seconds,
@@ -204,7 +327,11 @@ def _incremental_plan(run_dir: Path, previous_run_dir: Path | None, settings: Li
         return "full", None, "the linkage settings changed since the saved model", None
     previous = pd.read_parquet(records_path(previous_run_dir), columns=[*KEY, "content_hash"])
     now_pos = _positions(previous, records)
-    prev_pos = _positions(records, previous)
+    # Keys are unique on both sides, so the reverse lookup is the inverse permutation
+    # (hashing millions of string keys a second time costs about a second at 1M persons).
+    prev_pos = np.full(len(records), -1, dtype=np.int64)
+    still_here = now_pos >= 0
+    prev_pos[now_pos[still_here]] = np.flatnonzero(still_here)
     changed = (prev_pos < 0) | (previous["content_hash"].to_numpy(dtype=np.int64)[
         np.maximum(prev_pos, 0)] != records["content_hash"].to_numpy(dtype=np.int64))
     share = float(changed.mean()) if len(changed) else 0.0
@@ -216,27 +343,37 @@ def _incremental_plan(run_dir: Path, previous_run_dir: Path | None, settings: Li
 
 
 def _positions(records: pd.DataFrame, other: pd.DataFrame) -> np.ndarray:
-    """Position in ``other`` of each record of ``records`` (by key; -1: not there), hashed
-    by Arrow without a Python object per key."""
-    def keys(frame: pd.DataFrame) -> pa.Array:
-        register, record_id = (pa.array(frame[k]).cast(pa.large_string()) for k in KEY)
-        return pc.binary_join_element_wise(register, record_id,
-                                           pa.scalar("\x00", pa.large_string()))
+    """Position in ``other`` of each record of ``records`` (by key; -1: not there).
 
-    if len(other) == 0:
-        return np.full(len(records), -1, dtype=np.int64)
-    found = pc.index_in(keys(records), value_set=keys(other))
-    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    Both runs' records are sorted by key, so the assign step's lookup finds most positions
+    from a sample instead of hashing every key (about a second less at 1M persons); it
+    hashes when they are not sorted."""
+    # imported here: pipelines.mpi.ids imports this module
+    from pipelines.mpi.ids import _key_positions
+
+    def keys(frame: pd.DataFrame) -> pa.Table:
+        return pa.table({k: pa.array(frame[k]) for k in KEY})
+
+    return _key_positions(keys(other), keys(records))
 
 
 def _touching_blocks(records: pd.DataFrame, settings: LinkageSettings,
-                     changed: np.ndarray) -> np.ndarray:
-    """Mask of the records that share a block key of some rule with a changed record."""
+                     changed: np.ndarray, cols: RecordColumns) -> np.ndarray:
+    """Mask of the records that share a block key of some rule with a changed record.
+
+    A column's blocking codes are its comparison codes (both pd.factorize of the column),
+    so they are taken from ``cols``: each column is factorised once for blocking and for
+    comparing."""
     keep = changed.copy()
     cache: dict[str, tuple[np.ndarray, int]] = {}
     for rule in settings.blocking_rules:
         if any(c not in records.columns for c in rule.all_columns):
             continue
+        alone = (rule.columns if rule.swap_with is None else
+                 [a for a, b in zip(rule.columns, rule.swap_with, strict=True) if a == b])
+        for col in alone:
+            if col not in cache:
+                cache[col] = (cols.code_array(col).astype(np.int64), cols.n_values(col))
         if rule.swap_with is not None:
             key_a, key_b = swap_rule_keys(records, rule.columns, rule.swap_with, cache)
             wanted = np.union1d(key_a[changed], key_b[changed])
@@ -244,34 +381,36 @@ def _touching_blocks(records: pd.DataFrame, settings: LinkageSettings,
             keep |= _member(key_a, wanted) | _member(key_b, wanted)
         else:
             key = rule_key(records, rule.columns, cache)
-            wanted = np.sort(key[changed])
+            wanted = key[changed]
             wanted = wanted[wanted >= 0]
             keep |= _member(key, wanted)
     return keep
 
 
 def _member(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """``np.isin(values, wanted)`` for a sorted ``wanted``, by binary search (np.isin sorts
-    millions of values each time)."""
+    """``np.isin(values, wanted)`` for millions of ``values`` and a few thousand ``wanted``.
+
+    pandas hashes the few ``wanted`` keys and probes each value once: about 8x faster
+    than a binary search of every value (np.isin sorts millions of values each time), and
+    the keys are too sparse (mixed-radix) for a lookup table indexed by key."""
     if wanted.size == 0:
         return np.zeros(values.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(wanted, values), wanted.size - 1)
-    return wanted[at] == values
+    return pd.Series(values, copy=False).isin(wanted).to_numpy()
 
 
 def _score_changed(records: pd.DataFrame, model: FellegiSunterModel,
                    changed: np.ndarray, explain: bool = True) -> tuple[pd.DataFrame, dict]:
     """Score every candidate pair that touches a changed record, with ``model``."""
     settings = model.settings
-    subset = np.flatnonzero(_touching_blocks(records, settings, changed))
+    # Column caches over all records: TF frequencies of unseen values then match a full run.
+    cols = RecordColumns(records)
+    subset = np.flatnonzero(_touching_blocks(records, settings, changed, cols))
     candidates = block_records(records.iloc[subset].reset_index(drop=True),
                                settings.blocking_rules, settings.max_block_size)
     left = subset[candidates.left]
     right = subset[candidates.right]
     touch = changed[left] | changed[right]
     left, right, rule = left[touch], right[touch], candidates.rule[touch]
-    # Column caches over all records: TF frequencies of unseen values then match a full run.
-    cols = RecordColumns(records)
     comparisons = model.comparisons()
     gammas = compare_pairs(comparisons, cols, left, right)
     pairs = score_pairs(model, comparisons, cols, left, right, gammas,
@@ -282,16 +421,50 @@ def _score_changed(records: pd.DataFrame, model: FellegiSunterModel,
     return pairs, report
 
 
+def _pair_order(pairs: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """The rows of ``pairs`` to write (``rows``; ``None``: all) sorted by (``left``,
+    ``right``), ties kept in their order; ``None`` when that is all rows as they are.
+
+    Carried pairs come sorted and new ones may not. One stable sort of a single int64 key
+    (timsort in numpy) merges those sorted runs in about linear time; ``np.lexsort`` sorted
+    millions of pairs by ``right`` first, from scratch (2 s at 1M persons)."""
+    left = pairs["left"].to_numpy(dtype=np.int64)
+    right = pairs["right"].to_numpy(dtype=np.int64)
+    if rows is not None:
+        left, right = left[rows], right[rows]
+    if left.size < 2:
+        return rows
+    key = left * (int(right.max()) + 1) + right  # record positions: >= 0, < 2**31
+    if (key[1:] >= key[:-1]).all():
+        return rows
+    order = np.argsort(key, kind="stable")
+    return order if rows is None else rows[order]
+
+
 _PAIR_KEYS = ["register_l", "record_id_l", "register_r", "record_id_r"]
+# Pair columns with nearly every value distinct, written without a dictionary: Parquet
+# would build one per row group until it outgrows its page and then write them plain
+# anyway (a sixth of the write time; the file reads back the same).
+_PLAIN_COLUMNS = {"left", "right", "match_weight", "match_probability"}
 
 
-def _keyed(pairs: pd.DataFrame, records: pd.DataFrame) -> pa.Table:
-    """``pairs`` with both records' keys in front (registers dictionary-encoded), as Arrow."""
-    left = pa.array(pairs["left"].to_numpy(dtype=np.int64))
-    right = pa.array(pairs["right"].to_numpy(dtype=np.int64))
+def _keyed(pairs: pd.DataFrame, records: pd.DataFrame,
+           rows: np.ndarray | None = None) -> pa.Table:
+    """``pairs`` (its ``rows`` in that order; ``None``: all) with both records' keys in front
+    (registers dictionary-encoded), as Arrow.
+
+    The rows are taken in Arrow, once for all columns (faster than pandas' take), after
+    the pandas conversion, so that the schema and its pandas metadata are those of
+    ``pairs``."""
+    table = pa.Table.from_pandas(pairs, preserve_index=False)
+    left = pairs["left"].to_numpy(dtype=np.int64)
+    right = pairs["right"].to_numpy(dtype=np.int64)
+    if rows is not None:
+        table = table.take(rows)
+        left, right = left[rows], right[rows]
+    left, right = pa.array(left), pa.array(right)
     register = pa.array(records["register"].astype("string")).dictionary_encode()
     record_id = pa.array(records["record_id"].astype("string"))
-    table = pa.Table.from_pandas(pairs, preserve_index=False)
     for i, (name, column, side) in enumerate([
             ("register_l", register, left), ("record_id_l", record_id, left),
             ("register_r", register, right), ("record_id_r", record_id, right)]):
@@ -300,10 +473,13 @@ def _keyed(pairs: pd.DataFrame, records: pd.DataFrame) -> pa.Table:
 
 
 def _carried_pairs(previous_run_dir: Path, now_pos: np.ndarray,
-                   changed: np.ndarray) -> pd.DataFrame:
-    """The previous run's pairs between records that are still here and unchanged,
-    renumbered to this run's record positions (``now_pos``: the position now of each record
-    of the previous run, -1 when it is gone)."""
+                   changed: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The previous run's pairs renumbered to this run's record positions (``now_pos``: the
+    position now of each record of the previous run, -1 when it is gone), and the rows of
+    those carried over: the pairs between records that are still here and unchanged.
+
+    The other rows are not dropped here: ``link_records`` takes the carried rows with the
+    new pairs, in pair order, as it writes the file (millions of pairs copied once less)."""
     path = previous_run_dir / "link" / "pairs.parquet"
     columns = [c for c in pq.read_schema(path).names if c not in _PAIR_KEYS]
     prev = pd.read_parquet(path, columns=columns)
@@ -311,12 +487,9 @@ def _carried_pairs(previous_run_dir: Path, now_pos: np.ndarray,
     rpos = now_pos[prev["right"].to_numpy()]
     ok = (lpos >= 0) & (rpos >= 0)
     ok &= ~(changed[np.maximum(lpos, 0)] | changed[np.maximum(rpos, 0)])
-    carried = prev.loc[ok].reset_index(drop=True)
-    del prev
-    lo, hi = np.minimum(lpos[ok], rpos[ok]), np.maximum(lpos[ok], rpos[ok])
-    carried["left"] = lo.astype(carried["left"].dtype)
-    carried["right"] = hi.astype(carried["right"].dtype)
-    return carried
+    prev["left"] = np.minimum(lpos, rpos).astype(prev["left"].dtype)
+    prev["right"] = np.maximum(lpos, rpos).astype(prev["right"].dtype)
+    return prev, np.flatnonzero(ok)
 
 
 def link_records(run_dir: Path, settings: LinkageSettings | str | Path, *,
@@ -341,22 +514,27 @@ def link_records(run_dir: Path, settings: LinkageSettings | str | Path, *,
         else _incremental_plan(run_dir, previous_run_dir, linker.settings, records))
     log.info("link: %d records, %s (%s)", len(records), mode, reason)
     detail: dict[str, Any] = {}
+    rows = None  # the rows of ``pairs`` to write (None: all)
     try:
         if mode == "incremental":
             assert changed is not None and previous_run_dir is not None
             model = FellegiSunterModel.load(previous_run_dir / "link" / "model.json")
             new_pairs, detail = _score_changed(records, model, changed)
             assert now_pos is not None
-            carried = _carried_pairs(previous_run_dir, now_pos, changed)
-            detail["pairs_carried"] = int(len(carried))
+            previous, carried = _carried_pairs(previous_run_dir, now_pos, changed)
+            detail["pairs_carried"] = int(carried.size)
             detail["pairs_rescored"] = int(len(new_pairs))
             detail["model_from_run"] = json.loads(
                 (previous_run_dir / "link" / "report.json").read_text()).get(
                     "model_from_run", previous_run_dir.name)
-            pairs = pd.concat([carried, new_pairs.astype(
-                {c: carried[c].dtype for c in carried.columns if c in new_pairs.columns})],
-                ignore_index=True) if len(carried) else new_pairs
-            pairs = pairs[[c for c in new_pairs.columns if c in pairs.columns]]
+            pairs = new_pairs
+            if carried.size:
+                pairs = pd.concat([previous, new_pairs.astype(
+                    {c: previous[c].dtype for c in previous.columns if c in new_pairs.columns})],
+                    ignore_index=True)
+                pairs = pairs[[c for c in new_pairs.columns if c in pairs.columns]]
+                rows = np.concatenate([carried, np.arange(len(previous), len(pairs))])
+            del previous
         else:
             model = (FellegiSunterModel.load(model_path) if model_path is not None
                      else linker.train(records))
@@ -367,20 +545,20 @@ def link_records(run_dir: Path, settings: LinkageSettings | str | Path, *,
                       "model_from_run": Path(run_dir).name}
     except MatchingError as exc:
         raise ReglinkError(f"link step of run {Path(run_dir).name}: {exc}") from exc
-    order = np.lexsort((pairs["right"].to_numpy(), pairs["left"].to_numpy()))
-    if not (order[1:] > order[:-1]).all():  # carried pairs come sorted; new ones may not
-        pairs = pairs.take(order).reset_index(drop=True)
     th = model.settings.thresholds
     _atomic_write(out / "model.json", model.save)
-    _atomic_write(out / "pairs.parquet", lambda p: pq.write_table(_keyed(pairs, records), p))
-    prob = pairs["match_probability"].to_numpy()
+    table = _keyed(pairs, records, _pair_order(pairs, rows))
+    del pairs
+    _atomic_write(out / "pairs.parquet", lambda p: pq.write_table(
+        table, p, use_dictionary=[c for c in table.column_names if c not in _PLAIN_COLUMNS]))
+    prob = table["match_probability"].to_numpy()
     result = {
         "run_id": Path(run_dir).name,
         "mode": mode,
         "reason": reason,
         "records": int(len(records)),
         "changed_records": int(changed.sum()) if changed is not None else int(len(records)),
-        "pairs": {"kept": int(len(pairs)), "linked": int((prob >= th.link).sum()),
+        "pairs": {"kept": table.num_rows, "linked": int((prob >= th.link).sum()),
                   "review": int(((prob >= th.review) & (prob < th.link)).sum())},
         "thresholds": {"link": th.link, "review": th.review},
         "seconds": round(time.perf_counter() - started, 2),
