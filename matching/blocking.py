@@ -160,7 +160,10 @@ def _combine(parts: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
             dense = np.full(key.size, -1, dtype=np.int64)
             dense[valid] = pd.factorize(key[valid])[0]
             key, card = dense, int(dense.max()) + 1 if valid.any() else 1
-        key = np.where(valid, key * k + codes, -1)
+        # in place on our own copy: half the time of np.where over new temporaries
+        np.multiply(key, k, out=key)
+        np.add(key, codes, out=key)
+        np.copyto(key, -1, where=~valid)
         card *= k
     return key
 

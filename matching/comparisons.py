@@ -47,26 +47,55 @@ _PIN_CHUNK = 2_000_000
 
 
 class RecordColumns:
-    """Per-column caches over one records DataFrame (codes, distinct values, integers)."""
+    """Per-column caches over one records DataFrame (codes, distinct values, integers).
+
+    The distinct values become Python strings only when asked for, and then only those
+    asked for where possible: a column of a million distinct PINs takes about a second to
+    convert, while an incremental run compares a few hundred thousand pairs.
+    """
 
     def __init__(self, records: pd.DataFrame) -> None:
         self.records = records
         self.n = len(records)
-        self._codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._factorized: dict[str, tuple[np.ndarray, pd.Index]] = {}
+        self._values: dict[str, np.ndarray] = {}
         self._ints: dict[str, np.ndarray] = {}
-        self._pin: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # per PIN column: byte matrix and lengths of the distinct values, and which rows are
+        # filled (built on demand, see pin_matrix)
+        self._pin: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def has(self, column: str | None) -> bool:
-        return column is not None and (column in self.records.columns or column in self._codes)
+        return column is not None and (column in self.records.columns
+                                       or column in self._factorized)
+
+    def code_array(self, column: str) -> np.ndarray:
+        """int32 code per record (``-1`` missing), codes numbered as ``codes`` numbers them."""
+        if column not in self._factorized:
+            self._factorize(column, self.records[column])
+        return self._factorized[column][0]
+
+    def n_values(self, column: str) -> int:
+        """How many distinct values ``column`` has (codes are ``0 .. n_values - 1``)."""
+        self.code_array(column)
+        return len(self._factorized[column][1])
 
     def codes(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """int32 code per record (``-1`` missing) and the distinct values as strings."""
-        if column not in self._codes:
-            series = self.records[column]
-            codes, uniques = pd.factorize(series, use_na_sentinel=True)
-            values = np.asarray([str(v) for v in uniques], dtype=object)
-            self._codes[column] = (codes.astype(np.int32, copy=False), values)
-        return self._codes[column]
+        codes = self.code_array(column)
+        if column not in self._values:
+            self._values[column] = _strings(self._factorized[column][1])
+        return codes, self._values[column]
+
+    def values_at(self, column: str, which: np.ndarray) -> np.ndarray:
+        """The distinct values with codes ``which``, as strings (as ``codes`` gives them)."""
+        if column in self._values or len(which) >= self.n_values(column):
+            # asked for as many as there are: convert each value once, for every call
+            return self.codes(column)[1][which]
+        return _strings(self._factorized[column][1].take(which))
+
+    def _factorize(self, name: str, series: pd.Series) -> None:
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        self._factorized[name] = (codes.astype(np.int32, copy=False), pd.Index(uniques))
 
     def derived(self, name: str, make: Callable[[], pd.Series]) -> str:
         """Register a computed column under ``name`` (built once by ``make``); returns the name.
@@ -74,10 +103,8 @@ class RecordColumns:
         Its codes and values are cached like a real column's (``codes(name)``), so that exact
         and fuzzy levels work on it.
         """
-        if name not in self._codes:
-            codes, uniques = pd.factorize(make(), use_na_sentinel=True)
-            values = np.asarray([str(v) for v in uniques], dtype=object)
-            self._codes[name] = (codes.astype(np.int32, copy=False), values)
+        if name not in self._factorized:
+            self._factorize(name, make())
         return name
 
     def coalesce(self, columns: Sequence[str]) -> str:
@@ -104,18 +131,46 @@ class RecordColumns:
             self._ints[column] = out
         return self._ints[column]
 
-    def pin_matrix(self, column: str) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct values of ``column`` as a (values × width) uint8 matrix and their lengths."""
+    def pin_matrix(self, column: str, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct values of ``column`` as a (values × width) uint8 matrix (UTF-8 bytes,
+        zero-padded; width: the longest value in characters) and their lengths in characters.
+
+        Only the rows of ``codes`` are sure to be filled: rows are encoded on first need, so
+        that comparing a few pairs does not encode every distinct PIN of the register.
+        """
         if column not in self._pin:
-            _, values = self.codes(column)
-            width = max((len(v) for v in values), default=1) or 1
+            n_values = self.n_values(column)
+            width = max(self._longest(column), 1)
+            self._pin[column] = (np.zeros((n_values, width), dtype=np.uint8),
+                                 np.zeros(n_values, dtype=np.int32),
+                                 np.zeros(n_values, dtype=bool))
+        mat, lengths, filled = self._pin[column]
+        if filled.all():
+            return mat, lengths
+        if len(codes) >= filled.size:  # a full run's millions of pairs: all rows at once
+            todo = np.flatnonzero(~filled)
+        else:
+            wanted = np.zeros(filled.size, dtype=bool)
+            wanted[codes] = True
+            todo = np.flatnonzero(wanted & ~filled)
+        if todo.size:
+            values = self.values_at(column, todo)
+            width = mat.shape[1]
             enc = np.array([v.encode("utf-8", "replace")[:width] for v in values],
                            dtype=f"S{width}")
-            mat = enc.view(np.uint8).reshape(len(values), width) if len(values) else \
-                np.zeros((0, width), dtype=np.uint8)
-            lengths = np.array([len(v) for v in values], dtype=np.int32)
-            self._pin[column] = (mat, lengths)
-        return self._pin[column]
+            mat[todo] = enc.view(np.uint8).reshape(todo.size, width)
+            lengths[todo] = [len(v) for v in values]
+            filled[todo] = True
+        return mat, lengths
+
+    def _longest(self, column: str) -> int:
+        """Length in characters of the longest distinct value of ``column`` (0: none)."""
+        self.code_array(column)
+        uniques = self._factorized[column][1]
+        if column not in self._values and uniques.inferred_type == "string":
+            # all values are str: measured without a Python string per value
+            return int(uniques.str.len().max()) if len(uniques) else 0
+        return max((len(v) for v in self.codes(column)[1]), default=0)
 
     def placeholder(self, column: str | None) -> np.ndarray:
         """True per record whose date quality is ``placeholder``."""
@@ -127,17 +182,23 @@ class RecordColumns:
         return is_ph[codes]  # code -1 indexes the appended False
 
 
+def _strings(uniques: pd.Index) -> np.ndarray:
+    """Distinct values as an object array of Python strings."""
+    return np.asarray([str(v) for v in uniques], dtype=object)
+
+
 def _similarity(cols: RecordColumns, column: str, ca: np.ndarray, cb: np.ndarray,
                 metric: str) -> np.ndarray:
     """Similarity in [0, 1] of the values with codes ``ca``/``cb`` (all >= 0), per pair."""
     if ca.size == 0:
         return np.empty(0, dtype=np.float32)
-    _, values = cols.codes(column)
+    n_values = cols.n_values(column)
     lo = np.minimum(ca, cb).astype(np.int64)
     hi = np.maximum(ca, cb).astype(np.int64)
-    inverse, uniq = pd.factorize(lo * max(len(values), 1) + hi)
-    ua, ub = np.divmod(uniq, max(len(values), 1))
-    sims = process.cpdist(values[ua].tolist(), values[ub].tolist(), scorer=_SCORERS[metric],
+    inverse, uniq = pd.factorize(lo * max(n_values, 1) + hi)
+    ua, ub = np.divmod(uniq, max(n_values, 1))
+    sims = process.cpdist(cols.values_at(column, ua).tolist(),
+                          cols.values_at(column, ub).tolist(), scorer=_SCORERS[metric],
                           workers=-1)
     return np.asarray(sims, dtype=np.float32)[inverse]
 
@@ -202,7 +263,7 @@ class ExactComparison(Comparison):
         self.labels = ["else", "exact"]
 
     def _compute(self, cols, left, right):
-        codes, _ = cols.codes(self.spec.columns["value"])
+        codes = cols.code_array(self.spec.columns["value"])
         ca, cb = codes[left], codes[right]
         gamma = (ca == cb).astype(np.int8)
         gamma[(ca < 0) | (cb < 0)] = -1
@@ -225,7 +286,7 @@ class StringComparison(Comparison):
 
     def _compute(self, cols, left, right):
         col = self.spec.columns["value"]
-        codes, _ = cols.codes(col)
+        codes = cols.code_array(col)
         ca, cb = codes[left], codes[right]
         null = (ca < 0) | (cb < 0)
         gamma = np.zeros(left.size, dtype=np.int8)
@@ -246,7 +307,7 @@ class StringComparison(Comparison):
             gamma[swapped] = self.labels.index("swapped")
         part_col = self.spec.columns.get("part")
         if part_col and cols.has(part_col):
-            p_codes, _ = cols.codes(part_col)
+            p_codes = cols.code_array(part_col)
             pa, pb = p_codes[left], p_codes[right]
             gamma[~exact & ~null & (pa >= 0) & (pa == pb)] = self.labels.index("part")
         gamma[exact] = self.labels.index("exact")
@@ -266,7 +327,7 @@ class NameComparison(Comparison):
 
     def _compute(self, cols, left, right):
         col = self.spec.columns["value"]
-        codes, _ = cols.codes(col)
+        codes = cols.code_array(col)
         ca, cb = codes[left], codes[right]
         null = (ca < 0) | (cb < 0)
         exact = (ca == cb) & ~null
@@ -275,7 +336,7 @@ class NameComparison(Comparison):
         fuzzy_col, fa, fb = col, ca, cb
         todo = ~exact & ~null
         if root_col and cols.has(root_col):
-            r_codes, _ = cols.codes(root_col)
+            r_codes = cols.code_array(root_col)
             ra, rb = r_codes[left], r_codes[right]
             root = todo & (ra >= 0) & (ra == rb)
             fuzzy_col, fa, fb = root_col, ra, rb
@@ -314,7 +375,7 @@ class PatronymicComparison(Comparison):
         father = self.spec.columns.get("father")
         if father and cols.has(father):
             col = cols.coalesce([col, father])
-        codes, _ = cols.codes(col)
+        codes = cols.code_array(col)
         ca, cb = codes[left], codes[right]
         has_a, has_b = ca >= 0, cb >= 0
         both_roots = has_a & has_b
@@ -327,7 +388,7 @@ class PatronymicComparison(Comparison):
                 cols.records[src].astype("string").fillna(
                     cols.records[fat].astype("string").str.slice(0, 1))))
         if init_col and cols.has(init_col):
-            i_codes, _ = cols.codes(init_col)
+            i_codes = cols.code_array(init_col)
             ia, ib = i_codes[left], i_codes[right]
             has_a |= ia >= 0
             has_b |= ib >= 0
@@ -399,17 +460,17 @@ class PinComparison(Comparison):
 
     def _compute(self, cols, left, right):
         col = self.spec.columns["value"]
-        codes, _ = cols.codes(col)
+        codes = cols.code_array(col)
         ca, cb = codes[left], codes[right]
         null = (ca < 0) | (cb < 0)
         exact = (ca == cb) & ~null
         gamma = np.zeros(left.size, dtype=np.int8)
         at = np.flatnonzero(~exact & ~null)
-        mat, lengths = cols.pin_matrix(col)
         one, trans = self.labels.index("one_digit"), self.labels.index("transposition")
         for s in range(0, at.size, _PIN_CHUNK):
             idx = at[s:s + _PIN_CHUNK]
             xa, xb = ca[idx], cb[idx]
+            mat, lengths = cols.pin_matrix(col, np.concatenate([xa, xb]))
             a, b = mat[xa], mat[xb]
             same_len = lengths[xa] == lengths[xb]
             diff = a != b
