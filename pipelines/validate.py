@@ -25,12 +25,14 @@ earlier run to have validated the register, passed, with the same suite, registe
 configuration, validation code and library versions (their hash is ``verdict_key`` in the
 summary), the same extract it recorded (``extract_sha256``), the same extract columns and a
 reference date not later than this run's. Rows are matched by ``record_id`` (a key that is
-missing or not unique on either side matches nothing) and compared on every column except
-``source_row``. Great Expectations then checks row by row only the new and changed rows, the
-rows quarantined last time, the rows with an entry from a rule that depends on more than the
-row, and every row sharing a value that a uniqueness rule checks. An unchanged row keeps its
-verdict: passed, or its flags (warnings), with ``source_row`` and ``run_id`` brought up to
-date. When nothing needs checking, Great Expectations is not even imported.
+missing or not unique on either side matches nothing) and compared on every column that
+validation reads (the canonical columns, ``source_file`` and the source's date columns; a
+verdict depends on no other) except ``source_row``. Great Expectations then checks row by
+row only the new and changed rows, the rows quarantined last time, the rows with an entry
+from a rule that depends on more than the row, and every row sharing a value that a
+uniqueness rule checks. An unchanged row keeps its verdict: passed, or its flags (warnings),
+with ``source_row`` and ``run_id`` brought up to date. When nothing needs checking, Great
+Expectations is not even imported.
 
 Why an unchanged row's verdict cannot change (so the outputs equal a full validation's):
 row-level rules that read only the row give the same answer on the same values. Uniqueness
@@ -57,7 +59,6 @@ and holds the batch checks over the whole extract.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import html
 import importlib.metadata
@@ -69,7 +70,7 @@ import shutil
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache
@@ -491,7 +492,7 @@ class _Gx:
             data = frame if columns == ("*",) else frame[list(columns)]
             validator = Validator(batch, result_format, {"dataframe": data})
             part = validator.validate_expectation_suite(
-                self.suite_class(name=name, expectations=[copy.copy(e) for e in expectations])
+                self.suite_class(name=name, expectations=[_unbound(e) for e in expectations])
             )
             batch_id = part.batch_id
             results.extend(part.results)
@@ -562,6 +563,15 @@ class _LazyGx:
 
     def build_docs(self) -> Path | None:
         return self.gx.build_docs() if self.gx is not None else None
+
+
+def _unbound(expectation: Any) -> Any:
+    """A copy of an expectation that belongs to no suite, as GE requires to put it in
+    another. Rebuilt from its configuration: equal to GE's ``copy.copy``, a deep pydantic
+    copy some 20x slower (a noticeable share of a small incremental check)."""
+    config = expectation.configuration
+    config.id = None
+    return config.to_domain_obj()
 
 
 def _import_gx() -> None:
@@ -831,44 +841,97 @@ class _Reuse:
     kept: pd.DataFrame  # the base run's flags on unchanged rows: quarantine columns, _index, _row
 
 
+def _codes(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, int]:
+    """Each value's number among the distinct values (-1 where null) and how many distinct
+    values there are. One hashing pass, which counting and matching then share in numpy
+    (a value count plus an ``is_in`` per question would hash the strings again each time)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()  # one dictionary for every chunk
+    encoded = pc.dictionary_encode(values)
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    return codes.astype(np.int64), len(encoded.dictionary)
+
+
+def _counts(codes: np.ndarray, distinct: int) -> np.ndarray:
+    """How often each distinct value occurs (nulls not counted); at least one slot, so that
+    indexing it with 0 for a null is safe."""
+    return np.bincount(codes[codes >= 0], minlength=max(distinct, 1))
+
+
 def _duplicated(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Where a value that is not null occurs more than once."""
-    counts = pc.value_counts(values)
-    shared = counts.field("values").filter(
-        pc.and_(pc.greater(counts.field("counts"), 1), pc.is_valid(counts.field("values"))))
-    return pc.fill_null(pc.is_in(values, value_set=shared), False).to_numpy(zero_copy_only=False)
+    codes, distinct = _codes(values)
+    valid = codes >= 0
+    return valid & (_counts(codes, distinct)[np.where(valid, codes, 0)] > 1)
 
 
-def _unchanged(table: pa.Table, old: pa.Table, shared_ids: np.ndarray) -> np.ndarray:
-    """Rows of ``table`` whose record_id is in ``old`` once and in ``table`` once (not in
-    ``shared_ids``), with the same content in every column but source_row."""
-    ids = table["record_id"].combine_chunks()
-    old_ids = old["record_id"].combine_chunks()
-    old_unique = np.flatnonzero(~_duplicated(old_ids) & old_ids.is_valid().to_numpy(
-        zero_copy_only=False))
-    where = pc.index_in(ids, value_set=old_ids.take(old_unique))
-    matched = where.is_valid().to_numpy(zero_copy_only=False) & ~shared_ids
-    at = np.where(matched, old_unique[pc.fill_null(where, 0).to_numpy(zero_copy_only=False)],
-                  0)
-    # Each row's earlier version (null where none); one take of the table is much faster
-    # than a take per column.
-    earlier = old.take(pa.array(at, mask=~matched))
-    same = matched.copy()
-    for column in table.column_names:
-        if column == "source_row":
-            continue
-        now, before = table[column], earlier[column]
-        equal = pc.or_(pc.fill_null(pc.equal(now, before), False),
-                       pc.and_(pc.is_null(now), pc.is_null(before)))
-        same &= equal.to_numpy(zero_copy_only=False)
-    return same
+def _match_ids(ids: pa.ChunkedArray, old_ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``ids``: whether another row has its (non-null) id, and the position
+    in ``old_ids`` of its earlier version: -1 when the id is null, not in ``old_ids``, or
+    on more than one row on either side. Both sides are hashed together, once."""
+    codes, distinct = _codes(pa.chunked_array([*old_ids.chunks, *ids.chunks], type=ids.type))
+    old_codes, new_codes = codes[:len(old_ids)], codes[len(old_ids):]
+    old_count, new_count = _counts(old_codes, distinct), _counts(new_codes, distinct)
+    old_at = np.full(len(old_count), -1, dtype=np.int64)
+    old_valid = old_codes >= 0
+    old_at[old_codes[old_valid]] = np.flatnonzero(old_valid)
+    valid = new_codes >= 0
+    safe = np.where(valid, new_codes, 0)
+    shared = valid & (new_count[safe] > 1)
+    single = valid & ~shared & (old_count[safe] == 1)
+    return shared, np.where(single, old_at[safe], -1)
+
+
+# A later extract keeps most rows in the earlier one's order; below this many rows per run
+# of consecutive pairs on average, gathering the rows (take) is cheaper than gluing slices.
+_MIN_RUN = 64
+
+
+def _aligned(
+    now: pa.Table, before: pa.Table, rows: np.ndarray, at: np.ndarray
+) -> tuple[pa.Table, pa.Table]:
+    """The rows ``rows`` of ``now`` and ``at`` of ``before``, pair by pair. Where both sides
+    advance one row at a time, the pairs are zero-copy slices: gluing a few thousand slices
+    is far cheaper than gathering every value of every column (take)."""
+    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(at) != 1)) + 1
+    starts = np.concatenate(([0], breaks))
+    if len(rows) == 0 or len(starts) * _MIN_RUN > len(rows):  # reordered: gather instead
+        return now.take(pa.array(rows, type=pa.int64())), before.take(
+            pa.array(at, type=pa.int64()))
+    lengths = np.diff(np.append(starts, len(rows))).tolist()
+    now_slices, before_slices = [], []
+    for row, earlier, length in zip(rows[starts].tolist(), at[starts].tolist(), lengths,
+                                    strict=True):
+        now_slices.append(now.slice(row, length))
+        before_slices.append(before.slice(earlier, length))
+    return pa.concat_tables(now_slices), pa.concat_tables(before_slices)
+
+
+def _unchanged(
+    table: pa.Table, old: pa.Table, earlier: np.ndarray, columns: list[str]
+) -> np.ndarray:
+    """Rows of ``table`` with an earlier version in ``old`` (``earlier``: its position, -1
+    none) holding the same values in ``columns`` (null equals null; NaN never equals)."""
+    rows = np.flatnonzero(earlier >= 0)
+    now, before = _aligned(table.select(columns), old.select(columns), rows, earlier[rows])
+    same = np.ones(len(rows), dtype=bool)
+    for column in columns:
+        a, b = now[column], before[column]
+        equal = pc.equal(a, b)  # null where either side is null
+        if a.null_count or b.null_count:
+            equal = pc.or_kleene(equal, pc.and_(pc.is_null(a), pc.is_null(b)))
+        same &= pc.fill_null(equal, False).to_numpy(zero_copy_only=False)
+    out = np.zeros(table.num_rows, dtype=bool)
+    out[rows[same]] = True
+    return out
 
 
 def _reusable(
     base_dir: Path | None, run_folder: Path, result: RegisterValidation, table: pa.Table,
-    shape: _SuiteShape,
+    shape: _SuiteShape, read: list[str],
 ) -> _Reuse | str:
-    """What can be reused from the base run, or why the register is validated in full."""
+    """What can be reused from the base run, or why the register is validated in full.
+    ``read``: the extract's columns that validation reads (a verdict depends on no other)."""
     name = result.register
     if base_dir is None:
         return "no earlier run to reuse (first run or full relink)"
@@ -893,20 +956,27 @@ def _reusable(
         data = (base_dir / "extract" / f"{name}.parquet").read_bytes()
         if hashlib.sha256(data).hexdigest() != entry.get("extract_sha256"):
             return f"run {base}'s extract is not the one it validated"
-        old = pq.read_table(pa.BufferReader(data))
-        del data
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        old_schema = parquet.schema_arrow
+        # Only the columns a verdict reads are compared, so only those are decoded;
+        # source_row is brought up to date, not compared; matched ids are equal already.
+        compared = [c for c in read if c not in ("source_row", "record_id")]
+        old = parquet.read(columns=[c for c in ["record_id", *compared] if c in old_schema.names])
+        del parquet, data
         entries = pq.read_table(base_dir / "validate" / "quarantine.parquet")
         entries = entries.filter(pc.fill_null(pc.equal(entries["register"], name), False))
     except (OSError, pa.ArrowInvalid) as exc:
         return f"run {base}'s extract or quarantine cannot be read: {exc}"
-    if not old.schema.equals(table.schema, check_metadata=False):
+    if not old_schema.equals(table.schema, check_metadata=False):
         return f"the extract's columns differ from run {base}'s"
-    ids = table["record_id"].combine_chunks()
-    shared = {"record_id": _duplicated(ids)}
+    ids = table["record_id"]
     try:
-        unchanged = _unchanged(table, old, shared["record_id"])
+        shared_ids, earlier = _match_ids(ids, old["record_id"])
+        unchanged = _unchanged(table, old, earlier, compared)
     except pa.ArrowNotImplementedError as exc:
         return f"the extract cannot be compared with run {base}'s: {exc}"
+    del old
+    shared = {"record_id": shared_ids}
 
     flags = entries.to_pandas(types_mapper=_any_string_types)
     keys = pd.DataFrame(
@@ -920,21 +990,31 @@ def _reusable(
     # Quarantined last time, or flagged by a rule that reads more than the row: check again.
     again = (flags["severity"] == "error").to_numpy(dtype=bool, na_value=False) | (
         flags["_index"].isin(list(shape.context)).to_numpy())
-    again_ids = pa.array(flags["record_id"][again].dropna().tolist(), type=ids.type)
-    recheck = ~unchanged | pc.fill_null(pc.is_in(ids, value_set=again_ids), False).to_numpy(
+    # Each row's and each entry's place among the ids with entries: one probe of the rows
+    # against those few ids, rather than a hash table of every row's id. -1: none.
+    flag_ids = pa.array(flags["record_id"].tolist(), type=ids.type)
+    known = pc.unique(pc.drop_null(flag_ids))
+    slots = max(len(known), 1)  # indexed with a clipped -1 too
+    row_slot = pc.fill_null(pc.index_in(ids, value_set=known), -1).to_numpy(
         zero_copy_only=False)
+    flag_slot = pc.fill_null(pc.index_in(flag_ids, value_set=known), -1).to_numpy(
+        zero_copy_only=False)
+    marked = np.zeros(slots, dtype=bool)
+    marked[flag_slot[again & (flag_slot >= 0)]] = True
+    recheck = ~unchanged | ((row_slot >= 0) & marked[np.maximum(row_slot, 0)])
     for column in dict.fromkeys(shape.unique_columns):
         recheck |= shared[column] if column in shared else _duplicated(
             table[column].combine_chunks())
 
-    # The other flags stay, on the row where the record is now.
-    kept_rows = np.flatnonzero(~recheck)
-    kept = flags[~again]
-    where = pc.index_in(pa.array(kept["record_id"].tolist(), type=ids.type),
-                        value_set=ids.take(kept_rows))
-    found = where.is_valid().to_numpy(zero_copy_only=False)
-    kept = kept[found].reset_index(drop=True)
-    kept["_row"] = kept_rows[pc.drop_null(where).to_numpy(zero_copy_only=False)]
+    # The other flags stay, on the row where the record is now (its id is on no other row:
+    # a row that is not checked again is unchanged, so its id is unique).
+    stays = ~recheck & (row_slot >= 0)
+    row_of_slot = np.full(slots, -1, dtype=np.int64)
+    row_of_slot[row_slot[stays]] = np.flatnonzero(stays)
+    kept_slot = flag_slot[~again]
+    at = np.where(kept_slot >= 0, row_of_slot[np.maximum(kept_slot, 0)], -1)
+    kept = flags[~again][at >= 0].reset_index(drop=True)
+    kept["_row"] = at[at >= 0]
     kept["source_row"] = table["source_row"].take(kept["_row"].to_numpy()).to_numpy()
     kept["source_file"] = pd.Series(
         table["source_file"].take(kept["_row"].to_numpy()).to_pylist(), dtype=STRING)
@@ -1107,7 +1187,7 @@ def _plan_register(
         _frame_of(columns.slice(0, 0), columns), config, result.reference_date).columns)
     shape = _suite_shape(expectations, frame_columns, table.column_names)
 
-    reuse = _reusable(base_dir, extract_path.parent.parent, result, table, shape)
+    reuse = _reusable(base_dir, extract_path.parent.parent, result, table, shape, wanted)
     if isinstance(reuse, _Reuse):
         result.mode, result.reused_from = "incremental", reuse.base_run
         plan.rows, plan.kept = reuse.recheck, reuse.kept
@@ -1118,6 +1198,29 @@ def _plan_register(
     plan.finished, plan.columns, plan.frame_columns, plan.shape = (
         False, columns, frame_columns, shape)
     plan.seconds = time.perf_counter() - started
+    return plan
+
+
+def _read_order(names: list[str], extract_dir: Path) -> list[str]:
+    """The smallest extract first: its plan soon tells whether GE is needed, so that GE's
+    import (~2 s) overlaps reading the large ones; then the order the registers are checked."""
+    def size(name: str) -> int:
+        path = extract_dir / f"{name}.parquet"
+        return path.stat().st_size if path.is_file() else 0
+
+    first = min(names, key=size, default=None)
+    return [first, *(n for n in names if n != first)] if first is not None else []
+
+
+def _plan_ahead(
+    gx: _LazyGx, config: RegisterConfig, expectations: list[tuple[dict[str, Any], str]],
+    extract_path: Path, run_id: str, base_dir: Path | None,
+) -> _Plan:
+    """:func:`_plan_register` on a worker thread; when the register needs GE, its import
+    starts at once, in the background."""
+    plan = _plan_register(config, expectations, extract_path, run_id, base_dir)
+    if plan.needs_gx:
+        gx.start_import()
     return plan
 
 
@@ -1240,6 +1343,49 @@ def _write_json(data: dict[str, Any], path: Path) -> None:
     os.replace(partial, path)
 
 
+def _write_passed(table: pa.Table, mask: np.ndarray, path: Path) -> int:
+    passed = table.filter(pa.array(mask))
+    pq.write_table(passed, path, compression="zstd")
+    return passed.num_rows
+
+
+class _PassedFiles:
+    """Each register's passed rows, filtered and encoded on worker threads while the next
+    registers are checked (Arrow releases the GIL). A file is written beside its final name
+    and put in place by ``publish``, once the run is known to have passed; on leaving, any
+    file not published is removed."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                       thread_name_prefix="validate-write")
+        self.pending: dict[str, Future[int]] = {}
+
+    def _partial(self, name: str) -> Path:
+        return self.out_dir / f"{name}.parquet.partial"
+
+    def write(self, name: str, table: pa.Table, mask: np.ndarray) -> None:
+        self.pending[name] = self.pool.submit(_write_passed, table, mask, self._partial(name))
+
+    def rows(self, name: str) -> int | None:
+        """The passed rows written for ``name`` (None: nothing to write)."""
+        future = self.pending.get(name)
+        return None if future is None else future.result()
+
+    def publish(self) -> None:
+        for name, future in self.pending.items():
+            future.result()
+            os.replace(self._partial(name), self.out_dir / f"{name}.parquet")
+
+    def __enter__(self) -> _PassedFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for name in self.pending:
+            self._partial(name).unlink(missing_ok=True)
+
+
 def _breaker_message(run_id: str, failed: list[RegisterValidation]) -> str:
     lines = [f"run {run_id}: validation stopped the run before linking (circuit breaker); "
              "nothing is published:"]
@@ -1316,78 +1462,77 @@ def validate_run(
 
     results: dict[str, RegisterValidation] = {}
     quarantines: list[pd.DataFrame] = []
-    passed_tables: dict[str, pa.Table] = {}
     bar = tqdm(names, desc="validate", unit="register", file=sys.stderr, leave=False,
                disable=None if progress else True)
-    # Read and compare every register first: once one needs GE, its import (seconds) runs
-    # in the background while the others are read.
-    plans = {}
-    for name in names:
-        plans[name] = _plan_register(configs[name], suites[name],
-                                     run_folder / "extract" / f"{name}.parquet", run_id, base_dir)
-        if plans[name].needs_gx:
-            gx.start_import()
-    for name in bar:
-        bar.set_postfix_str(name)
-        previous = previous_successful_counts(data_dir, name, run_id)
-        result, quarantine, mask, table = _check_register(gx, plans.pop(name), run_id, previous)
-        results[name] = result
-        quarantines.append(quarantine)
-        if mask is not None and table is not None:
-            passed_tables[name] = table.filter(pa.array(mask))
-        log.info(
-            "validate %s: %d extracted, %d passed, %d quarantined, %d flagged; %s, %d rows "
-            "checked (%.1f s)", name, result.extracted, result.passed, result.quarantined,
-            result.flagged, result.mode, result.rows_checked, result.seconds,
-        )
-        if result.mode_reason and base_dir is not None:
-            log.info("validate %s: every row checked: %s", name, result.mode_reason)
-    timings["ge_setup"] = gx.setup_seconds
-    timings["registers"] = round(time.perf_counter() - t0 - timings["ge_setup"], 3)
+    with _PassedFiles(out_dir) as passed_files:
+        # Registers are read and compared (Arrow: releases the GIL) on a worker thread ahead
+        # of the row checks on this thread (GE: mostly Python), so that on two cores neither
+        # waits for the other; once a register needs GE, its import (seconds) starts there.
+        planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate-read")
+        try:
+            plans = {name: planner.submit(_plan_ahead, gx, configs[name], suites[name],
+                                          run_folder / "extract" / f"{name}.parquet", run_id,
+                                          base_dir)
+                     for name in _read_order(names, run_folder / "extract")}
+            for name in bar:
+                bar.set_postfix_str(name)
+                previous = previous_successful_counts(data_dir, name, run_id)
+                result, quarantine, mask, table = _check_register(
+                    gx, plans.pop(name).result(), run_id, previous)
+                results[name] = result
+                quarantines.append(quarantine)
+                if mask is not None and table is not None:
+                    passed_files.write(name, table, mask)
+                log.info(
+                    "validate %s: %d extracted, %d passed, %d quarantined, %d flagged; %s, %d "
+                    "rows checked (%.1f s)", name, result.extracted, result.passed,
+                    result.quarantined, result.flagged, result.mode, result.rows_checked,
+                    result.seconds,
+                )
+                if result.mode_reason and base_dir is not None:
+                    log.info("validate %s: every row checked: %s", name, result.mode_reason)
+        finally:
+            planner.shutdown(wait=True, cancel_futures=True)
+        timings["ge_setup"] = gx.setup_seconds
+        timings["registers"] = round(time.perf_counter() - t0 - timings["ge_setup"], 3)
 
-    # Row conservation, on what is about to be written: extracted = passed + quarantined.
-    for name, result in results.items():
-        table = passed_tables.get(name)
-        if table is None:
-            continue
-        passed = table.num_rows
-        result.conservation_ok = result.extracted == passed + result.quarantined
-        result.passed = passed
+        # Row conservation, on what is about to be written: extracted = passed + quarantined.
+        t1 = time.perf_counter()
+        for name, result in results.items():
+            passed = passed_files.rows(name)
+            if passed is None:
+                continue
+            result.conservation_ok = result.extracted == passed + result.quarantined
+            result.passed = passed
 
-    t1 = time.perf_counter()
-    failed = [r for r in results.values() if not r.ok]
-    summary_path = out_dir / "summary.json"
-    earlier = _read_summary(summary_path) or {}
-    entries = {k: v for k, v in (earlier.get("registers") or {}).items() if k in configs}
-    entries.update({k: v.to_json() for k, v in results.items()})
-    if any(v.get("status") != "passed" for v in entries.values()):
-        status = "failed"
-    elif set(configs) <= set(entries):
-        status = "passed"
-    else:
-        status = "incomplete"
+        failed = [r for r in results.values() if not r.ok]
+        summary_path = out_dir / "summary.json"
+        earlier = _read_summary(summary_path) or {}
+        entries = {k: v for k, v in (earlier.get("registers") or {}).items() if k in configs}
+        entries.update({k: v.to_json() for k, v in results.items()})
+        if any(v.get("status") != "passed" for v in entries.values()):
+            status = "failed"
+        elif set(configs) <= set(entries):
+            status = "passed"
+        else:
+            status = "incomplete"
 
-    quarantine_path = out_dir / "quarantine.parquet"
-    keep = []
-    if quarantine_path.is_file():
-        old = pd.read_parquet(quarantine_path)
-        keep.append(old[~old["register"].isin(list(results))])
-    combined = pd.concat([*keep, *quarantines], ignore_index=True)
-    combined = combined.astype({c: STRING for c in QUARANTINE_COLUMNS if c != "source_row"})
-    combined["source_row"] = combined["source_row"].astype("Int64")
-    _write_parquet(pa.Table.from_pandas(combined, preserve_index=False), quarantine_path)
+        quarantine_path = out_dir / "quarantine.parquet"
+        keep = []
+        if quarantine_path.is_file():
+            old = pd.read_parquet(quarantine_path)
+            keep.append(old[~old["register"].isin(list(results))])
+        combined = pd.concat([*keep, *quarantines], ignore_index=True)
+        combined = combined.astype({c: STRING for c in QUARANTINE_COLUMNS if c != "source_row"})
+        combined["source_row"] = combined["source_row"].astype("Int64")
+        _write_parquet(pa.Table.from_pandas(combined, preserve_index=False), quarantine_path)
 
-    # A failed run publishes nothing: no passed file of this run may be left for linking.
-    for path in out_dir.glob("*.parquet"):
-        if path.stem in configs and (status == "failed" or path.stem in results):
-            path.unlink()
-    if status != "failed":
-        # Encoding releases the GIL: the registers are written side by side.
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            written = [pool.submit(_write_parquet, table, out_dir / f"{name}.parquet")
-                       for name, table in passed_tables.items()]
-            for future in written:
-                future.result()
+        # A failed run publishes nothing: no passed file of this run may be left for linking.
+        for path in out_dir.glob("*.parquet"):
+            if path.stem in configs and (status == "failed" or path.stem in results):
+                path.unlink()
+        if status != "failed":
+            passed_files.publish()
     timings["write"] = round(time.perf_counter() - t1, 3)
 
     t2 = time.perf_counter()
