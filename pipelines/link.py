@@ -56,6 +56,7 @@ from matching.errors import MatchingError
 from matching.model import FellegiSunterModel
 from matching.predict import score_pairs
 from pipelines.errors import ReglinkError
+from pipelines.keys import key_positions
 from pipelines.validate import require_validated
 
 log = logging.getLogger(__name__)
@@ -345,16 +346,13 @@ def _incremental_plan(run_dir: Path, previous_run_dir: Path | None, settings: Li
 def _positions(records: pd.DataFrame, other: pd.DataFrame) -> np.ndarray:
     """Position in ``other`` of each record of ``records`` (by key; -1: not there).
 
-    Both runs' records are sorted by key, so the assign step's lookup finds most positions
+    Both runs' records are sorted by key, so pipelines.keys finds most positions
     from a sample instead of hashing every key (about a second less at 1M persons); it
     hashes when they are not sorted."""
-    # imported here: pipelines.mpi.ids imports this module
-    from pipelines.mpi.ids import _key_positions
-
     def keys(frame: pd.DataFrame) -> pa.Table:
         return pa.table({k: pa.array(frame[k]) for k in KEY})
 
-    return _key_positions(keys(other), keys(records))
+    return key_positions(keys(other), keys(records))
 
 
 def _touching_blocks(records: pd.DataFrame, settings: LinkageSettings,

@@ -22,11 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from pipelines.keys import key_positions, positions, take_increasing
 from pipelines.mpi.decisions import record_decision
 from pipelines.mpi.ids import (
-    _key_positions,
-    _positions,
-    _take,
     assign_run,
     map_clusters,
     same_as_before,
@@ -131,7 +129,7 @@ def test_positions_are_what_index_in_gives(case):
     wanted_arr = pa.array(wanted, type=pa.large_string())
     expected = pc.fill_null(pc.index_in(wanted_arr, value_set=hay_arr), -1).to_numpy(
         zero_copy_only=False)
-    assert _positions(hay_arr, wanted_arr).tolist() == expected.tolist()
+    assert positions(hay_arr, wanted_arr).tolist() == expected.tolist()
 
 
 @pytest.mark.parametrize("case", ["sorted", "shuffled", "register_gone"])
@@ -154,7 +152,7 @@ def test_key_positions_are_what_index_in_gives_on_the_joined_keys(case):
     expected = pc.fill_null(pc.index_in(pa.array([f"{r}\x00{i}" for r, i in records]),
                                         value_set=pa.array(joined)), -1).to_numpy(
         zero_copy_only=False)
-    assert _key_positions(table(index), table(records)).tolist() == expected.tolist()
+    assert key_positions(table(index), table(records)).tolist() == expected.tolist()
 
 
 def test_rows_are_taken_from_several_chunks_as_a_take_does():
@@ -164,7 +162,7 @@ def test_rows_are_taken_from_several_chunks_as_a_take_does():
                                         "b": pa.array(np.arange(i, j))})
                               for i, j in ((0, 300), (300, 301), (301, 1000))])
     rows = np.sort(rng.choice(1000, size=200, replace=False))
-    assert _take(table, rows).equals(table.take(pa.array(rows)))
+    assert take_increasing(table, rows).equals(table.take(pa.array(rows)))
 
 
 # ------------------------------------------------------------------------ the whole step

@@ -69,6 +69,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pipelines.errors import ReglinkError
+from pipelines.keys import (
+    as_text,
+    is_sorted,
+    key_positions,
+    positions,
+    record_keys,
+    sorted_by_key,
+    take_increasing,
+    text_buffers,
+)
 from pipelines.link import KEY, records_path
 from pipelines.mpi.golden import golden_records, load_rules
 from pipelines.store import repository as repo
@@ -246,116 +256,6 @@ def map_clusters(cluster_id: np.ndarray, anchor: np.ndarray, prev_id: np.ndarray
     return mapping
 
 
-# ------------------------------------------------------------------------------ text keys
-
-
-def _text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """A text column as one Arrow ``large_string`` array (dictionaries decoded)."""
-    if values.type != pa.large_string():
-        values = values.cast(pa.large_string())  # chunk by chunk: dictionaries may differ
-    if isinstance(values, pa.ChunkedArray):
-        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
-    return values
-
-
-def _take(table: pa.Table, rows: np.ndarray) -> pa.Table:
-    """``table.take(rows)`` for increasing ``rows``, batch by batch (a take on a column of
-    several chunks first copies them all into one: the provenance of a country)."""
-    batches = table.to_batches()
-    if len(batches) <= 1:
-        return table.take(pa.array(rows, type=pa.int64()))
-    start = np.cumsum([0] + [b.num_rows for b in batches])
-    cut = np.searchsorted(rows, start)
-    return pa.Table.from_batches(
-        [b.take(pa.array(rows[cut[k]:cut[k + 1]] - start[k], type=pa.int64()))
-         for k, b in enumerate(batches)], schema=table.schema)
-
-
-def _sorted_by_key(table: pa.Table) -> bool:
-    """Whether the rows are sorted by (register, record_id), as runs write them."""
-    register, record_id = _text(table["register"]), _text(table["record_id"])
-    if len(register) < 2:
-        return True
-    same_register = pc.equal(register[:-1], register[1:])
-    return (pc.all(pc.less_equal(register[:-1], register[1:])).as_py()
-            and pc.all(pc.or_(pc.invert(same_register),
-                              pc.less_equal(record_id[:-1], record_id[1:]))).as_py())
-
-
-def _key_positions(index: pa.Table, records: pa.Table) -> np.ndarray:
-    """Position in ``index`` of each of ``records`` by key (register, record_id); -1: not
-    there. Register by register on the record ids alone when both are grouped by register
-    (sorted by key, as runs write them): no key is built."""
-    index_register, register = _text(index["register"]), _text(records["register"])
-    if not (_is_sorted(index_register) and _is_sorted(register)):
-        return _positions(_record_keys(index), _record_keys(records))
-    out = np.full(len(records), -1, dtype=np.int64)
-    names = pc.unique(register)
-    bounds = [pc.search_sorted(values, names, side=side).to_numpy().astype(np.int64)
-              for values in (register, index_register) for side in ("left", "right")]
-    index_id, record_id = _text(index["record_id"]), _text(records["record_id"])
-    for lo, hi, index_lo, index_hi in zip(*bounds, strict=True):
-        pos = _positions(index_id[index_lo:index_hi], record_id[lo:hi])
-        out[lo:hi] = np.where(pos >= 0, pos + index_lo, -1)
-    return out
-
-
-def _record_keys(table: pa.Table) -> pa.Array:
-    """(register, record_id) as one text key per row (``register`` NUL ``record_id``)."""
-    return _text(pc.binary_join_element_wise(_text(table["register"]),
-                                             _text(table["record_id"]),
-                                             pa.scalar("\x00", pa.large_string())))
-
-
-def _text_buffers(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A ``large_string`` array's offsets and bytes as numpy views (no copy)."""
-    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64, count=len(text) + 1,
-                            offset=8 * text.offset)
-    data = text.buffers()[2]
-    size = int(offsets[-1] - offsets[0]) if len(text) else 0
-    if data is None or size == 0:
-        return offsets, np.zeros(0, dtype=np.uint8)
-    return offsets, np.frombuffer(data, dtype=np.uint8, count=size, offset=int(offsets[0]))
-
-
-def _positions(haystack: pa.Array | pa.ChunkedArray, needles: pa.Array | pa.ChunkedArray
-               ) -> np.ndarray:
-    """Position in ``haystack`` of each of ``needles`` (-1: not there; the first when repeated),
-    as ``pc.index_in`` gives. When both are sorted and differ little (the records of two runs,
-    both sorted by key), most positions are guessed right from a sample, without hashing
-    every value: the shift between the two stays that of the last sampled needle until a
-    record is added or removed. The others are found by bisection."""
-    haystack, needles = _text(haystack), _text(needles)
-    n, m = len(needles), len(haystack)
-    if m == 0 or n == 0:
-        return np.full(n, -1, dtype=np.int64)
-    if (haystack.null_count == 0 and needles.null_count == 0
-            and pc.all(pc.less(haystack[:-1], haystack[1:])).as_py()  # no value twice
-            and pc.all(pc.less_equal(needles[:-1], needles[1:])).as_py()):
-        step = 256
-        sample = np.arange(0, n, step)
-        shift = pc.search_sorted(haystack, needles.take(pa.array(sample))).to_numpy().astype(
-            np.int64) - sample
-        pos = np.clip(np.arange(n) + np.repeat(shift, step)[:n], 0, m - 1)
-        rest = np.flatnonzero(~pc.equal(haystack.take(pa.array(pos)), needles).to_numpy(
-            zero_copy_only=False))
-        pos[rest] = -1
-        wanted = needles.take(pa.array(rest))
-        at = pc.search_sorted(haystack, wanted).to_numpy().astype(np.int64)
-        inside = at < m
-        found = np.zeros(rest.size, dtype=bool)
-        found[inside] = pc.equal(haystack.take(pa.array(at[inside])), wanted.filter(
-            pa.array(inside))).to_numpy(zero_copy_only=False)
-        pos[rest[found]] = at[found]
-        return pos
-    found = pc.index_in(needles, value_set=haystack)
-    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
-def _is_sorted(text: pa.Array) -> bool:
-    return len(text) < 2 or pc.all(pc.less_equal(text[:-1], text[1:])).as_py()
-
-
 # ----------------------------------------------------------------------------------- step
 
 
@@ -370,8 +270,8 @@ def _crosswalk_hash(crosswalk: pa.Table) -> str:
         if pa.types.is_integer(column.type):
             digest.update(pc.fill_null(column, 0).to_numpy().astype(np.int64).tobytes())
             continue
-        offsets, data = _text_buffers(pc.fill_null(_text(column), "") if column.null_count
-                                      else _text(column))
+        offsets, data = text_buffers(pc.fill_null(as_text(column), "") if column.null_count
+                                      else as_text(column))
         digest.update(np.diff(offsets).tobytes())
         digest.update(data)
     return digest.hexdigest()[:16]
@@ -478,7 +378,7 @@ class Persons:
         if isinstance(self.provenance, Path):
             for batch in pq.ParquetFile(self.provenance).iter_batches(
                     batch_size=PROVENANCE_BATCH, columns=["provenance"]):
-                yield _text(batch.column(0))
+                yield as_text(batch.column(0))
         else:
             for start in range(0, len(self.provenance), PROVENANCE_BATCH):
                 yield self.provenance.slice(start, PROVENANCE_BATCH)
@@ -501,7 +401,7 @@ def _write_persons(path: Path, previous: Persons, golden: pa.Table, rows: np.nda
     n_previous = len(previous.table)
     rest = pa.concat_tables([previous.table, golden.drop_columns(["provenance"])]).take(
         pa.array(rows))
-    golden_provenance = _text(golden["provenance"])
+    golden_provenance = as_text(golden["provenance"])
     at_row = np.empty(len(golden), dtype=np.int64)  # where each golden row is written
     at_row[rows[rows >= n_previous] - n_previous] = np.flatnonzero(rows >= n_previous)
     same = np.ones(len(check), dtype=bool)
@@ -592,7 +492,7 @@ def _index_from_files(conn: Connection, last: str, data_dir: Path
     records = _as_table(_read(paths[0], RECORD_COLUMNS), _RECORD_SCHEMA)
     persons = _as_table(_read(paths[1], _PERSON_SCHEMA_NO_PROVENANCE.names),
                         _PERSON_SCHEMA_NO_PROVENANCE)
-    if not _is_sorted(_text(persons["mpi_id"])):  # written by ID: a file from elsewhere
+    if not is_sorted(as_text(persons["mpi_id"])):  # written by ID: a file from elsewhere
         return None
     return records, Persons(persons, paths[1]), summary
 
@@ -603,7 +503,7 @@ def _index_from_database(conn: Connection) -> tuple[pa.Table, Persons]:
     persons["provenance"] = _canonical_json(persons["provenance"])
     persons = _as_table(persons, _PERSON_SCHEMA).sort_by("mpi_id")
     return (_as_table(records, _RECORD_SCHEMA).sort_by([(k, "ascending") for k in KEY]),
-            Persons(persons.drop_columns(["provenance"]), _text(persons["provenance"])))
+            Persons(persons.drop_columns(["provenance"]), as_text(persons["provenance"])))
 
 
 def _previous_hashes(data_dir: Path, last: str, prev_records: pa.Table) -> np.ndarray | None:
@@ -614,7 +514,7 @@ def _previous_hashes(data_dir: Path, last: str, prev_records: pa.Table) -> np.nd
         return None
     prev = _read(path, [*KEY, "content_hash"], read_dictionary=["register"])
     if len(prev) != len(prev_records) or not all(
-            pc.all(pc.equal(_text(prev[k]), _text(prev_records[k]))).as_py() for k in KEY):
+            pc.all(pc.equal(as_text(prev[k]), as_text(prev_records[k]))).as_py() for k in KEY):
         return None
     return prev["content_hash"].to_numpy().astype(np.int64)
 
@@ -687,12 +587,12 @@ def _anchors(records: pa.Table, cluster: np.ndarray, wanted: np.ndarray) -> np.n
     rows = np.flatnonzero(wanted[cluster])
     if rows.size == 0:
         return anchor
-    if _sorted_by_key(records):  # a cluster's first record has the least key
+    if sorted_by_key(records):  # a cluster's first record has the least key
         first_cluster, first = np.unique(cluster[rows], return_index=True)
-        anchor[first_cluster] = _record_keys(_take(records, rows[first])).to_numpy(
+        anchor[first_cluster] = record_keys(take_increasing(records, rows[first])).to_numpy(
             zero_copy_only=False)
     else:
-        least = pd.Series(_record_keys(_take(records, rows)).to_numpy(
+        least = pd.Series(record_keys(take_increasing(records, rows)).to_numpy(
             zero_copy_only=False)).groupby(cluster[rows]).min()
         anchor[least.index.to_numpy()] = least.to_numpy()
     return anchor
@@ -781,13 +681,13 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
 
     # Previous IDs as codes: their position among the active persons (sorted by ID), then
     # any ID a record has without an active person (an index edited by hand).
-    person_ids = _text(prev_persons.table["mpi_id"])
+    person_ids = as_text(prev_persons.table["mpi_id"])
     n_persons = len(person_ids)
-    rec_code = _positions(person_ids, prev_records["mpi_id"])
+    rec_code = positions(person_ids, prev_records["mpi_id"])
     if (rec_code < 0).any():
-        strays = pc.unique(_text(prev_records["mpi_id"]).filter(pa.array(rec_code < 0)))
+        strays = pc.unique(as_text(prev_records["mpi_id"]).filter(pa.array(rec_code < 0)))
         strays = strays.take(pc.array_sort_indices(strays))
-        rec_code[rec_code < 0] = n_persons + _positions(strays, _text(
+        rec_code[rec_code < 0] = n_persons + positions(strays, as_text(
             prev_records["mpi_id"]).filter(pa.array(rec_code < 0)))
         id_text = pa.concat_arrays([person_ids, strays])
     else:
@@ -796,7 +696,7 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     prev_size = np.bincount(rec_code, minlength=n_ids)
 
     # Previous position (in the index) of each record of this run; -1: new to the index.
-    prev_pos = _key_positions(prev_records, crosswalk)
+    prev_pos = key_positions(prev_records, crosswalk)
     in_index = prev_pos >= 0
     prev_code = np.full(n, -1, dtype=np.int64)
     prev_code[in_index] = rec_code[prev_pos[in_index]]
@@ -812,7 +712,7 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     rows = np.flatnonzero(touched[cluster] & in_index)
     involved = np.unique(prev_code[rows])
     involved_ids = id_text.take(pa.array(involved)).to_numpy(zero_copy_only=False)
-    created = _text(prev_persons.table["created_run"]).take(pa.array(
+    created = as_text(prev_persons.table["created_run"]).take(pa.array(
         np.minimum(involved, n_persons - 1), mask=involved >= n_persons)).to_pylist()
     age = dict(zip(involved_ids.tolist(), created, strict=True))
     code_of = dict(zip(involved_ids.tolist(), involved.tolist(), strict=True))
@@ -894,17 +794,17 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     # ---- person_records: the new index and what changes
     same_mpi = in_index & (code == prev_code)
     at_prev = pa.array(np.maximum(prev_pos, 0), mask=~in_index)
-    prev_basis = _text(prev_records["link_basis"]).take(at_prev)
+    prev_basis = as_text(prev_records["link_basis"]).take(at_prev)
     new_records = pa.table({
-        "register": _text(crosswalk["register"]),
-        "record_id": _text(crosswalk["record_id"]),
+        "register": as_text(crosswalk["register"]),
+        "record_id": as_text(crosswalk["record_id"]),
         "mpi_id": all_ids.take(pa.array(code)),
         "match_probability": crosswalk["match_probability"].cast(pa.float64()),
-        "link_basis": _text(crosswalk["link_basis"]),
+        "link_basis": as_text(crosswalk["link_basis"]),
         "linked_run": pc.if_else(pa.array(same_mpi),
-                                 _text(prev_records["linked_run"]).take(at_prev),
+                                 as_text(prev_records["linked_run"]).take(at_prev),
                                  pa.scalar(run_id, pa.large_string())),
-        "first_seen_run": pc.coalesce(_text(prev_records["first_seen_run"]).take(at_prev),
+        "first_seen_run": pc.coalesce(as_text(prev_records["first_seen_run"]).take(at_prev),
                                       pa.scalar(run_id, pa.large_string())),
     })
     unchanged = same_mpi & _same_text(new_records["link_basis"].combine_chunks(), prev_basis)
@@ -938,12 +838,12 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
         affected = redo[cluster]
     trust = {name: dict(cfg.trust) for name, cfg in configs.items()}
     affected_rows = np.flatnonzero(affected)
-    redone_records = _take(records.select(attributes), affected_rows)
+    redone_records = take_increasing(records.select(attributes), affected_rows)
     del records
     golden = golden_records(
         pd.DataFrame({
-            **{c: _text(crosswalk[c]).take(pa.array(affected_rows)).to_pandas() for c in KEY},
-            **{c: (_text(redone_records[c]) if c in text else redone_records[c]).to_pandas()
+            **{c: as_text(crosswalk[c]).take(pa.array(affected_rows)).to_pandas() for c in KEY},
+            **{c: (as_text(redone_records[c]) if c in text else redone_records[c]).to_pandas()
                for c in attributes}}),
         all_ids.take(pa.array(code[affected_rows])).to_numpy(zero_copy_only=False),
         trust, rules, provenance_as_json=True)
@@ -952,7 +852,7 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     golden_code = golden_code[pc.array_sort_indices(all_ids.take(pa.array(golden_code)))
                               .to_numpy()]  # the order of golden: by ID
     existing = golden_code < n_persons
-    prev_p = _take(prev_persons.table, golden_code[existing]).to_pandas().set_axis(
+    prev_p = take_increasing(prev_persons.table, golden_code[existing]).to_pandas().set_axis(
         np.flatnonzero(existing)).reindex(range(len(golden)))
     changed_attrs = pd.DataFrame(index=golden.index)
     existed = prev_p["created_run"].notna().to_numpy()
