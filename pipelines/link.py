@@ -167,12 +167,12 @@ def _has_repeated_key(ordered: pa.Table) -> bool:
 
 
 def _sorted_validated(run_dir: Path) -> pd.DataFrame:
-    """The validated records sorted by key (what load_validated + sort_values gave).
+    """The validated records of all registers, sorted by key.
 
     The sort runs on the Arrow table before pandas sees it: sort_values plus the row
     gather on pandas' string columns cost several times more. A repeated key is found on
-    the sorted keys, then reported by the file-order check load_validated always ran, so
-    the message names the same register.
+    the sorted keys, then reported by the file-order check, so the message names the
+    register of the first repeated row in file order.
     """
     tables = _read_validated(run_dir)
     if _concatenates_in_arrow(tables):
@@ -189,13 +189,6 @@ def _sorted_validated(run_dir: Path) -> pd.DataFrame:
     if _has_repeated_key(keys.take(order)):
         _refuse_duplicate_keys(records)
     return records.take(order.to_numpy()).reset_index(drop=True)
-
-
-def load_validated(run_dir: Path) -> pd.DataFrame:
-    """The validated canonical records of a run, all registers concatenated."""
-    records = _concat_frames(_read_validated(run_dir))
-    _refuse_duplicate_keys(records)
-    return records
 
 
 def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
