@@ -56,7 +56,7 @@ from matching.errors import MatchingError
 from matching.model import FellegiSunterModel
 from matching.predict import score_pairs
 from pipelines.errors import ReglinkError
-from pipelines.keys import key_positions
+from pipelines.keys import key_positions, take
 from pipelines.validate import require_validated
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def _sorted_validated(run_dir: Path) -> pd.DataFrame:
     if _concatenates_in_arrow(tables):
         table = pa.concat_tables(tables)
         del tables
-        ordered = table.take(_key_order(table))
+        ordered = take(table, _key_order(table))
         if _has_repeated_key(ordered):
             _refuse_duplicate_keys(table.select(KEY).to_pandas())
         del table  # the unsorted copy: freed before pandas gets the sorted one
@@ -451,7 +451,7 @@ def _keyed(pairs: pd.DataFrame, records: pd.DataFrame,
     left = pairs["left"].to_numpy(dtype=np.int64)
     right = pairs["right"].to_numpy(dtype=np.int64)
     if rows is not None:
-        table = table.take(rows)
+        table = take(table, rows)
         left, right = left[rows], right[rows]
     left, right = pa.array(left), pa.array(right)
     register = pa.array(records["register"].astype("string")).dictionary_encode()

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from pipelines.keys import key_positions, positions, take_increasing
+from pipelines.keys import key_positions, positions, take, take_increasing
 from pipelines.mpi.decisions import record_decision
 from pipelines.mpi.ids import (
     assign_run,
@@ -163,6 +163,17 @@ def test_rows_are_taken_from_several_chunks_as_a_take_does():
                               for i, j in ((0, 300), (300, 301), (301, 1000))])
     rows = np.sort(rng.choice(1000, size=200, replace=False))
     assert take_increasing(table, rows).equals(table.take(pa.array(rows)))
+
+
+def test_rows_taken_column_by_column_on_threads_are_a_take():
+    rng = np.random.default_rng(6)
+    n = 150_000  # above the size at which the columns are shared among threads
+    text = pa.array([None if k % 7 == 0 else f"r{k}" for k in range(n)], pa.large_string())
+    table = pa.concat_tables([pa.table({"text": text[i:j], "number": pa.array(np.arange(i, j)),
+                                        "code": pa.array(np.arange(i, j) % 5).dictionary_encode()})
+                              for i, j in ((0, 70_000), (70_000, n))])
+    rows = rng.permutation(n)[:120_000]
+    assert take(table, rows).equals(table.take(pa.array(rows)))
 
 
 # ------------------------------------------------------------------------ the whole step
