@@ -44,6 +44,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError, ReglinkError
+from pipelines.keys import key_positions
 from pipelines.registers import (
     BOOLEAN_COLUMNS,
     CANONICAL_COLUMNS,
@@ -1014,27 +1015,16 @@ def _read_validated(validated: Path, columns: set[str]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _record_keys(register: pa.ChunkedArray, record_id: pa.ChunkedArray) -> pa.ChunkedArray:
-    """(register, record_id) as one text key, hashed by Arrow without a Python object per
-    record (``record_id`` as text, as the index holds it)."""
-    return pc.binary_join_element_wise(
-        register.cast(_TEXT), record_id.cast(_TEXT), pa.scalar("\x00", type=_TEXT)
-    )
-
-
 def _person_of(records: pa.Table, links: pa.Table) -> pa.ChunkedArray:
     """Each record's ``mpi_id`` in the index ``links`` (null where it is not there)."""
-    found = pc.index_in(
-        _record_keys(records["register"], records["record_id"]),
-        value_set=_record_keys(links["register"], links["record_id"]),
-    )
-    rows = found.drop_null().to_numpy()
+    found = key_positions(links, records)
+    rows = found[found >= 0]
     if len(rows) and np.bincount(rows).max() > 1:
         raise ConsistencyError(
             "the validated records hold a (register, record_id) twice; rerun `reglink "
             "validate`"
         )
-    return links["mpi_id"].take(found)
+    return links["mpi_id"].take(pa.array(found, mask=found < 0))
 
 
 def _evaluate_into(

@@ -67,20 +67,37 @@ def sorted_by_key(table: pa.Table) -> bool:
 
 def key_positions(index: pa.Table, records: pa.Table) -> np.ndarray:
     """Position in ``index`` of each of ``records`` by key (register, record_id); -1: not
-    there. Register by register on the record ids alone when both are grouped by register
-    (sorted by key, as runs write them): no key is built."""
+    there. Register by register on the record ids alone when ``index`` is sorted by
+    register (as runs write their records) and ``records`` holds each register's rows
+    together (a run's records, or its validated files one after another): no key is built."""
     index_register, register = as_text(index["register"]), as_text(records["register"])
-    if not (is_sorted(index_register) and is_sorted(register)):
+    starts = _group_starts(register)
+    if starts is None or not is_sorted(index_register):
         return positions(record_keys(index), record_keys(records))
     out = np.full(len(records), -1, dtype=np.int64)
-    names = pc.unique(register)
-    bounds = [pc.search_sorted(values, names, side=side).to_numpy().astype(np.int64)
-              for values in (register, index_register) for side in ("left", "right")]
+    names = register.take(pa.array(starts[:-1]))
+    bounds = [pc.search_sorted(index_register, names, side=side).to_numpy().astype(np.int64)
+              for side in ("left", "right")]
     index_id, record_id = as_text(index["record_id"]), as_text(records["record_id"])
-    for lo, hi, index_lo, index_hi in zip(*bounds, strict=True):
+    for lo, hi, index_lo, index_hi in zip(starts[:-1], starts[1:], *bounds, strict=True):
         pos = positions(index_id[index_lo:index_hi], record_id[lo:hi])
         out[lo:hi] = np.where(pos >= 0, pos + index_lo, -1)
     return out
+
+
+def _group_starts(values: pa.Array) -> np.ndarray | None:
+    """Where each run of equal values starts, and the length at the end, when every value
+    occurs in one run only (None otherwise, or when a value is missing)."""
+    if values.null_count:
+        return None
+    if len(values) == 0:
+        return np.zeros(1, dtype=np.int64)
+    changes = np.flatnonzero(pc.not_equal(values[:-1], values[1:]).to_numpy(
+        zero_copy_only=False)) + 1
+    starts = np.concatenate([[0], changes, [len(values)]]).astype(np.int64)
+    if len(starts) - 1 != len(pc.unique(values.take(pa.array(starts[:-1])))):
+        return None
+    return starts
 
 
 def record_keys(table: pa.Table) -> pa.Array:
@@ -104,17 +121,23 @@ def text_buffers(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def positions(haystack: pa.Array | pa.ChunkedArray, needles: pa.Array | pa.ChunkedArray
                ) -> np.ndarray:
     """Position in ``haystack`` of each of ``needles`` (-1: not there; the first when repeated),
-    as ``pc.index_in`` gives. When both are sorted and differ little (the records of two runs,
-    both sorted by key), most positions are guessed right from a sample, without hashing
-    every value: the shift between the two stays that of the last sampled needle until a
-    record is added or removed. The others are found by bisection."""
+    as ``pc.index_in`` gives. When the haystack is sorted without repeats, the needles are
+    sorted too (unless they are) and looked up without hashing every value: when the two
+    differ little (the records of two runs, both sorted by key), most positions are guessed
+    right from a sample, as the shift between the two stays that of the last sampled needle
+    until a record is added or removed. The others are found by bisection."""
     haystack, needles = as_text(haystack), as_text(needles)
     n, m = len(needles), len(haystack)
     if m == 0 or n == 0:
         return np.full(n, -1, dtype=np.int64)
     if (haystack.null_count == 0 and needles.null_count == 0
-            and pc.all(pc.less(haystack[:-1], haystack[1:])).as_py()  # no value twice
-            and pc.all(pc.less_equal(needles[:-1], needles[1:])).as_py()):
+            and pc.all(pc.less(haystack[:-1], haystack[1:])).as_py()):  # no value twice
+        if not is_sorted(needles):
+            # Sorting the needles and bisecting costs about a third of hashing them all.
+            order = pc.sort_indices(needles).to_numpy().astype(np.int64)
+            out = np.empty(n, dtype=np.int64)
+            out[order] = positions(haystack, needles.take(pa.array(order)))
+            return out
         step = 256
         sample = np.arange(0, n, step)
         shift = pc.search_sorted(haystack, needles.take(pa.array(sample))).to_numpy().astype(

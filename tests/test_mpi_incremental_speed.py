@@ -108,7 +108,8 @@ def test_a_cluster_is_the_same_person_only_with_exactly_its_records():
 # ------------------------------------------------------------------------------- lookups
 
 
-@pytest.mark.parametrize("case", ["sorted", "shuffled", "repeated", "non_ascii", "nul", "empty"])
+@pytest.mark.parametrize("case", ["sorted", "shuffled", "needles_shuffled", "repeated",
+                                  "non_ascii", "nul", "empty"])
 def test_positions_are_what_index_in_gives(case):
     rng = np.random.default_rng(3)
     keys = sorted({f"civil\x00{int(k)}" for k in rng.integers(0, 10**6, size=3000)})
@@ -116,6 +117,8 @@ def test_positions_are_what_index_in_gives(case):
     wanted = sorted(wanted + [f"health\x00{k}" for k in range(50)])
     if case == "shuffled":
         hay = list(rng.permutation(hay))
+    elif case == "needles_shuffled":  # a register file in its source order
+        wanted = list(rng.permutation(wanted + wanted[:40]))
     elif case == "repeated":
         hay = sorted(hay + hay[::7])
     elif case == "non_ascii":
@@ -132,7 +135,8 @@ def test_positions_are_what_index_in_gives(case):
     assert positions(hay_arr, wanted_arr).tolist() == expected.tolist()
 
 
-@pytest.mark.parametrize("case", ["sorted", "shuffled", "register_gone"])
+@pytest.mark.parametrize("case", ["sorted", "shuffled", "grouped", "register_split",
+                                  "register_gone"])
 def test_key_positions_are_what_index_in_gives_on_the_joined_keys(case):
     rng = np.random.default_rng(4)
     keys = sorted({(r, f"{int(k):07d}") for r in ("civil", "health", "pension")
@@ -141,6 +145,14 @@ def test_key_positions_are_what_index_in_gives_on_the_joined_keys(case):
     records = [k for k in keys if rng.random() > 0.05] + [("voters", "1")]
     if case == "shuffled":
         records = [records[i] for i in rng.permutation(len(records))]
+    elif case in ("grouped", "register_split"):
+        # Registers one after another, not in name order, each in its source order (the
+        # validated files); or one register's rows in two places.
+        groups = {r: [k for k in records if k[0] == r] for r in ("pension", "voters", "civil",
+                                                                 "health")}
+        records = [groups[r][i] for r in groups for i in rng.permutation(len(groups[r]))]
+        if case == "register_split":
+            records = records[-30:] + records[:-30]
     elif case == "register_gone":
         records = [k for k in records if k[0] != "health"]
 
