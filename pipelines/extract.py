@@ -1050,7 +1050,9 @@ def extract_register(
                            since=since)
     partial = out_path.with_name(out_path.name + ".partial")
     try:
-        with pq.ParquetWriter(partial, reader.schema, compression="zstd") as writer:
+        # LZ4: written as fast as zstd, read back 2-3x faster (validate reads every extract
+        # the moment it is written), for files about 1.7x larger.
+        with pq.ParquetWriter(partial, reader.schema, compression="lz4") as writer:
             for chunk in reader:
                 writer.write_table(
                     pa.Table.from_pandas(chunk, schema=reader.schema, preserve_index=False)

@@ -1345,7 +1345,9 @@ def _write_json(data: dict[str, Any], path: Path) -> None:
 
 def _write_passed(table: pa.Table, mask: np.ndarray, path: Path) -> int:
     passed = table.filter(pa.array(mask))
-    pq.write_table(passed, path, compression="zstd")
+    # LZ4 rather than zstd: standardise, consistency and the next run's validation read
+    # these files; LZ4 reads back 2-3x faster (civil registry at 1M: 0.6 s, not 1.4 s).
+    pq.write_table(passed, path, compression="lz4")
     return passed.num_rows
 
 
