@@ -30,6 +30,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date
 from pathlib import Path
 from typing import Any, Literal
@@ -60,8 +61,10 @@ __all__ = [
     "METRIC_COLUMNS",
     "Condition",
     "ConsistencyError",
+    "Evaluation",
     "FindingWhen",
     "Rule",
+    "evaluate_assignment",
     "evaluate_rules",
     "load_rules",
     "run_consistency",
@@ -1088,8 +1091,126 @@ def _copy_findings(dbapi: Any, run_id: str, findings: pd.DataFrame) -> None:
         cursor.close()
 
 
-def run_consistency(
+@dataclass
+class Evaluation:
+    """The rules evaluated on the index a run is about to publish: the records and IDs its
+    assign step wrote (:func:`evaluate_assignment`). :func:`run_consistency` writes it once
+    the run is published, if what was published is that assignment (its mark)."""
+
+    run_id: str
+    assignment: str
+    reference: date
+    records: int
+    unlinked: int
+    findings: list[pd.DataFrame]  # per rule, record_ids and details as JSON text
+    metrics: pd.DataFrame
+    seconds: dict[str, float]
+
+
+def _rules_of(run_dir: Path, config_dir: Path) -> tuple[list[Rule], Path]:
+    """The rules, checked against the configured registers, and the validated folder."""
+    from pipelines.registers import load_register_configs
+    from pipelines.validate import require_validated
+
+    registers = None
+    if (config_dir / "registers").is_dir():
+        registers = sorted(load_register_configs(config_dir))
+    rules = load_rules(config_dir / CONSISTENCY_FILE, registers)
+    return rules, require_validated(run_dir)
+
+
+def _linked_records(
+    run_id: str, validated: Path, rules: Sequence[Rule], links: pa.Table
+) -> tuple[pd.DataFrame, int]:
+    """The validated records the rules read, each with its ``mpi_id`` in ``links``; those
+    not in the index are left out (their number is returned beside)."""
+    needed = {"register", "record_id"} | {c for r in rules for c in r.columns()}
+    table = _read_validated(validated, needed)
+    person = _person_of(table, links)
+    unlinked = person.null_count
+    if unlinked == len(table):
+        raise ConsistencyError(
+            f"run {run_id!r}: none of its {len(table):,} validated records is in the "
+            "published index (person_records); publish the run before checking consistency"
+        )
+    records = table.append_column("mpi_id", person).to_pandas()
+    del table, person
+    if unlinked:
+        log.warning("consistency: %d validated record(s) of run %s are not in the published "
+                    "index and are left out", unlinked, run_id)
+        records = records[records["mpi_id"].notna()]
+    return records, unlinked
+
+
+def _run_row(conn: sa.Connection, run_id: str) -> Any:
+    from pipelines.store import schema
+
+    runs = schema.runs
+    run = conn.execute(
+        sa.select(runs.c.status, runs.c.started_at, runs.c.counts).where(runs.c.run_id == run_id)
+    ).one_or_none()
+    if run is None:
+        raise ConsistencyError(
+            f"run {run_id!r} is not in the MPI database; run and publish it first"
+        )
+    return run
+
+
+def evaluate_assignment(
     engine: sa.Engine, run_id: str, run_dir: str | Path, config_dir: str | Path
+) -> Evaluation | None:
+    """Evaluate the rules on the index the run's assign step wrote, before it is published,
+    so that the evaluation can run beside publish (``run_all`` does, on a nightly run);
+    nothing is written. None when there is no such assignment to evaluate: its files are
+    missing, or it is a rerun's assignment over the run's own published index."""
+    started = time.perf_counter()
+    run_dir, config_dir = Path(run_dir), Path(config_dir)
+    folder = run_dir / "assign"
+    path, summary_path = folder / "person_records.parquet", folder / "summary.json"
+    if not (path.is_file() and summary_path.is_file()):
+        return None
+    summary = json.loads(summary_path.read_text())
+    mark = summary.get("assignment")
+    if summary.get("run_id") != run_id or summary.get("index_run") == run_id or not mark:
+        return None
+    rules, validated = _rules_of(run_dir, config_dir)
+    with engine.connect() as conn:
+        reference = run_reference_date(run_id, _run_row(conn, run_id).started_at)
+    links = pq.read_table(path, columns=list(LINK_COLUMNS))
+    records, unlinked = _linked_records(run_id, validated, rules, links)
+    del links
+    findings, metrics = [], []
+    for rule_findings, rule_metrics in _each_rule(records, rules, reference):
+        findings.append(rule_findings)
+        metrics.append(rule_metrics)
+    return Evaluation(run_id, mark, reference, len(records), unlinked, findings,
+                      _concat_frames(metrics, METRIC_COLUMNS),
+                      {"evaluate": round(time.perf_counter() - started, 2)})
+
+
+def _write_findings(
+    conn: sa.Connection, run_id: str, findings: list[pd.DataFrame]
+) -> int:
+    """Replace the run's ``consistency_findings`` with ``findings`` (JSON text)."""
+    from pipelines.store import repository as repo
+    from pipelines.store import schema
+
+    table = schema.consistency_findings
+    if conn.dialect.name != "postgresql":
+        frame = _concat_frames(findings, FINDING_COLUMNS)
+        repo.replace_run_rows(conn, table, run_id, _parsed(frame))
+        return len(frame)
+    conn.execute(sa.delete(table).where(table.c.run_id == run_id))
+    dbapi = conn.connection.dbapi_connection
+    for frame in findings:
+        if len(frame):
+            _copy_findings(dbapi, run_id, frame)
+    return sum(len(frame) for frame in findings)
+
+
+def run_consistency(
+    engine: sa.Engine, run_id: str, run_dir: str | Path, config_dir: str | Path,
+    evaluation: Evaluation | None = None,
 ) -> dict[str, Any]:
     """The consistency step of a run, called after publish.
 
@@ -1100,46 +1221,35 @@ def run_consistency(
     of ``consistency_findings`` and ``consistency_metrics`` in one transaction; the run's
     ``counts`` get a ``consistency`` entry. Both ways of reading the index give the same rows.
 
+    Args:
+        evaluation: the rules already evaluated on the run's assignment
+            (:func:`evaluate_assignment`, beside publish). Written as it is when the run
+            published that assignment; otherwise ignored, and the rules are evaluated here.
+
     Returns:
         ``{"reference_date", "records", "unlinked", "findings": {rule: count},
-        "skipped": [rule, ...], "index_source": "files" or "database", "seconds"}``
-        (``seconds`` per phase: read_index, read_records, evaluate (with the findings'
-        copy on PostgreSQL), write, total).
+        "skipped": [rule, ...], "index_source": "files" or "database",
+        "evaluated_before_publish", "seconds"}`` (``seconds`` per phase: read_index,
+        read_records, evaluate (with the findings' copy on PostgreSQL), write, total).
 
     Raises:
         ConfigError: bad rules file. ValidationError: the run was not validated.
         ConsistencyError: the run is not in the MPI database or not published, a newer
         run has been published since, or none of its records is in the published index.
     """
-    from pipelines.registers import load_register_configs
     from pipelines.store import repository as repo
-    from pipelines.store import schema
     from pipelines.store.migrations import require_head
-    from pipelines.validate import require_validated
 
     started = time.perf_counter()
     lap = Laps(started)
 
     run_dir = Path(run_dir)
     config_dir = Path(config_dir)
-    registers = None
-    if (config_dir / "registers").is_dir():
-        registers = sorted(load_register_configs(config_dir))
-    rules = load_rules(config_dir / CONSISTENCY_FILE, registers)
-    validated = require_validated(run_dir)
+    rules, validated = _rules_of(run_dir, config_dir)
 
     with engine.connect() as conn:
         require_head(conn)
-        runs = schema.runs
-        run = conn.execute(
-            sa.select(runs.c.status, runs.c.started_at, runs.c.counts).where(
-                runs.c.run_id == run_id
-            )
-        ).one_or_none()
-        if run is None:
-            raise ConsistencyError(
-                f"run {run_id!r} is not in the MPI database; run and publish it first"
-            )
+        run = _run_row(conn, run_id)
         if run.status != "published":
             raise ConsistencyError(
                 f"run {run_id!r} is {run.status}, not published; consistency is checked on "
@@ -1154,57 +1264,83 @@ def run_consistency(
             )
         reference = run_reference_date(run_id, run.started_at)
         counts = dict(run.counts or {})
-        links = _links_from_files(conn, run_id, run_dir, counts.get("published") or {})
+        published = counts.get("published") or {}
+        early = (evaluation is not None and evaluation.run_id == run_id
+                 and evaluation.reference == reference
+                 and evaluation.assignment == published.get("assignment"))
+        links = None
         index_source = "files"
-        if links is None:
-            links = _read_person_records(conn)
-            index_source = "database"
+        if not early:
+            links = _links_from_files(conn, run_id, run_dir, published)
+            if links is None:
+                links = _read_person_records(conn)
+                index_source = "database"
     lap("read_index")
 
-    needed = {"register", "record_id"} | {c for r in rules for c in r.columns()}
-    table = _read_validated(validated, needed)
-    person = _person_of(table, links)
-    del links
-    unlinked = person.null_count
-    if unlinked == len(table):
-        raise ConsistencyError(
-            f"run {run_id!r}: none of its {len(table):,} validated records is in the "
-            "published index (person_records); publish the run before checking consistency"
-        )
-    records = table.append_column("mpi_id", person).to_pandas()
-    del table, person
-    if unlinked:
-        log.warning("consistency: %d validated record(s) of run %s are not in the published "
-                    "index and are left out", unlinked, run_id)
-        records = records[records["mpi_id"].notna()]
-    n_records = len(records)
-    lap("read_records")
-
-    with engine.begin() as conn:
-        require_head(conn)
-        n_findings, metrics = _evaluate_into(conn, run_id, records, rules, reference)
-        lap("evaluate")
-        del records
-        per_rule = (
-            metrics[metrics["register"] == ALL_REGISTERS].set_index("rule")["count"].astype(int)
-        )
-        evaluated = set(per_rule.index)
-        summary = {
-            "reference_date": reference.isoformat(),
-            "records": n_records,
-            "unlinked": unlinked,
-            "findings": {r.name: int(per_rule[r.name]) for r in rules if r.name in evaluated},
-            "skipped": [r.name for r in rules if r.name not in evaluated],
-            "index_source": index_source,
-        }
-        repo.replace_run_rows(conn, schema.consistency_metrics, run_id, metrics)
-        counts = conn.execute(
-            sa.select(schema.runs.c.counts).where(schema.runs.c.run_id == run_id)
-        ).scalar_one_or_none()
-        repo.update_run(conn, run_id, counts={**(counts or {}), "consistency": summary})
-    lap("write")
+    if early:
+        assert evaluation is not None
+        n_records, unlinked, metrics = evaluation.records, evaluation.unlinked, evaluation.metrics
+        with engine.begin() as conn:
+            require_head(conn)
+            n_findings = _write_findings(conn, run_id, evaluation.findings)
+            summary = _write_summary(conn, run_id, rules, metrics, reference, n_records,
+                                     unlinked, index_source)
+        lap("write")
+        evaluated = evaluation.seconds
+    else:
+        assert links is not None
+        records, unlinked = _linked_records(run_id, validated, rules, links)
+        del links
+        n_records = len(records)
+        lap("read_records")
+        with engine.begin() as conn:
+            require_head(conn)
+            n_findings, metrics = _evaluate_into(conn, run_id, records, rules, reference)
+            lap("evaluate")
+            del records
+            summary = _write_summary(conn, run_id, rules, metrics, reference, n_records,
+                                     unlinked, index_source)
+        lap("write")
+        evaluated = None
+    summary["evaluated_before_publish"] = evaluated
     summary["seconds"] = {**lap.seconds, "total": round(time.perf_counter() - started, 2)}
     log.info("consistency of run %s: %d finding(s) over %d rule(s), index from %s, in %.1f s",
-             run_id, n_findings, len(evaluated), index_source,
+             run_id, n_findings, len(summary["findings"]), index_source,
              time.perf_counter() - started)
+    return summary
+
+
+def _summary(
+    rules: Sequence[Rule], metrics: pd.DataFrame, reference: date, n_records: int,
+    unlinked: int, index_source: str,
+) -> dict[str, Any]:
+    per_rule = (
+        metrics[metrics["register"] == ALL_REGISTERS].set_index("rule")["count"].astype(int)
+    )
+    evaluated = set(per_rule.index)
+    return {
+        "reference_date": reference.isoformat(),
+        "records": n_records,
+        "unlinked": unlinked,
+        "findings": {r.name: int(per_rule[r.name]) for r in rules if r.name in evaluated},
+        "skipped": [r.name for r in rules if r.name not in evaluated],
+        "index_source": index_source,
+    }
+
+
+def _write_summary(
+    conn: sa.Connection, run_id: str, rules: Sequence[Rule], metrics: pd.DataFrame,
+    reference: date, n_records: int, unlinked: int, index_source: str,
+) -> dict[str, Any]:
+    """The run's ``consistency_metrics`` replaced, and its ``counts.consistency`` set (to
+    what is returned)."""
+    from pipelines.store import repository as repo
+    from pipelines.store import schema
+
+    repo.replace_run_rows(conn, schema.consistency_metrics, run_id, metrics)
+    counts = conn.execute(
+        sa.select(schema.runs.c.counts).where(schema.runs.c.run_id == run_id)
+    ).scalar_one_or_none()
+    summary = _summary(rules, metrics, reference, n_records, unlinked, index_source)
+    repo.update_run(conn, run_id, counts={**(counts or {}), "consistency": summary})
     return summary

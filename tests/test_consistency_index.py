@@ -20,7 +20,12 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines import consistency
-from pipelines.consistency import evaluate_rules, load_rules, run_consistency
+from pipelines.consistency import (
+    evaluate_assignment,
+    evaluate_rules,
+    load_rules,
+    run_consistency,
+)
 from pipelines.steps import RunContext, engine_for, run_all
 from pipelines.store import schema
 from pipelines.store.engine import make_engine
@@ -55,10 +60,13 @@ def nightly(request, country, tmp_path_factory) -> Iterator[RunContext]:
             return RunContext(run_id=run_id, config_dir=CONFIG, data_dir=data_dir,
                               database_url=url, source_dir=source, data_docs=False)
 
-        run_all(ctx("20261126T010000Z", country["source"]))
+        first = run_all(ctx("20261126T010000Z", country["source"]))
+        # A first run's consistency is evaluated after publish, a nightly run's beside it.
+        assert first.steps["consistency"]["evaluated_before_publish"] is None
         second = ctx("20261127T010000Z", country["delta"])
         summary = run_all(second)
         assert summary.steps["assign_ids"]["index_source"] == "files"
+        assert summary.steps["consistency"]["evaluated_before_publish"] is not None
         yield second
 
 
@@ -130,6 +138,36 @@ def test_the_findings_are_the_same_from_the_index_files_and_from_the_database(
 
     assert same(from_files) == same(from_database)
     assert stored_from_files == _plain_computation(engine, nightly.run_dir, nightly.run_id)
+
+
+def test_the_findings_evaluated_before_publish_are_those_evaluated_after_it(
+    nightly: RunContext,
+) -> None:
+    engine = engine_for(nightly)
+    after = run_consistency(engine, nightly.run_id, nightly.run_dir, CONFIG)
+    assert after["evaluated_before_publish"] is None
+    expected = _stored(engine, nightly.run_id)
+
+    evaluation = evaluate_assignment(engine, nightly.run_id, nightly.run_dir, CONFIG)
+    assert evaluation is not None
+    before = run_consistency(engine, nightly.run_id, nightly.run_dir, CONFIG,
+                             evaluation=evaluation)
+    assert before["evaluated_before_publish"] is not None
+    assert _stored(engine, nightly.run_id) == expected
+
+    def same(summary: dict) -> dict:
+        return {k: v for k, v in summary.items()
+                if k not in ("seconds", "evaluated_before_publish")}
+
+    assert same(before) == same(after)
+
+    # The evaluation of an assignment that is not the published one is not written.
+    evaluation.assignment = "another assignment"
+    evaluation.findings = []
+    other = run_consistency(engine, nightly.run_id, nightly.run_dir, CONFIG,
+                            evaluation=evaluation)
+    assert other["evaluated_before_publish"] is None
+    assert _stored(engine, nightly.run_id) == expected
 
 
 def test_the_index_files_are_not_used_when_they_do_not_match_the_database(
