@@ -121,23 +121,18 @@ def text_buffers(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def positions(haystack: pa.Array | pa.ChunkedArray, needles: pa.Array | pa.ChunkedArray
                ) -> np.ndarray:
     """Position in ``haystack`` of each of ``needles`` (-1: not there; the first when repeated),
-    as ``pc.index_in`` gives. When the haystack is sorted without repeats, the needles are
-    sorted too (unless they are) and looked up without hashing every value: when the two
-    differ little (the records of two runs, both sorted by key), most positions are guessed
-    right from a sample, as the shift between the two stays that of the last sampled needle
-    until a record is added or removed. The others are found by bisection."""
+    as ``pc.index_in`` gives. When both are sorted and differ little (the records of two runs,
+    both sorted by key), most positions are guessed right from a sample, without hashing
+    every value: the shift between the two stays that of the last sampled needle until a
+    record is added or removed. The others are found by bisection. (Sorting unsorted
+    needles first costs more than hashing them.)"""
     haystack, needles = as_text(haystack), as_text(needles)
     n, m = len(needles), len(haystack)
     if m == 0 or n == 0:
         return np.full(n, -1, dtype=np.int64)
     if (haystack.null_count == 0 and needles.null_count == 0
-            and pc.all(pc.less(haystack[:-1], haystack[1:])).as_py()):  # no value twice
-        if not is_sorted(needles):
-            # Sorting the needles and bisecting costs about a third of hashing them all.
-            order = pc.sort_indices(needles).to_numpy().astype(np.int64)
-            out = np.empty(n, dtype=np.int64)
-            out[order] = positions(haystack, needles.take(pa.array(order)))
-            return out
+            and pc.all(pc.less(haystack[:-1], haystack[1:])).as_py()  # no value twice
+            and is_sorted(needles)):
         step = 256
         sample = np.arange(0, n, step)
         shift = pc.search_sorted(haystack, needles.take(pa.array(sample))).to_numpy().astype(
