@@ -203,7 +203,8 @@ def merge_changes(changes: str | Path, base: str | Path, out_path: str | Path) -
     partial = out_path.with_name(out_path.name + ".partial")
     carried = replaced = 0
     try:
-        with pq.ParquetWriter(partial, schema, compression="lz4") as writer:  # as extracts
+        with pq.ParquetWriter(partial, schema, compression="lz4",  # as extracts are
+                              write_statistics=["record_id"]) as writer:
             for batch in base_file.iter_batches(batch_size=DEFAULT_CHUNKSIZE):
                 keep = pc.invert(pc.is_in(batch.column("record_id"), value_set=changed_ids))
                 kept = batch.filter(keep)
