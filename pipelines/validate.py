@@ -1202,14 +1202,22 @@ def _plan_register(
 
 
 def _read_order(names: list[str], extract_dir: Path) -> list[str]:
-    """The smallest extract first: its plan soon tells whether GE is needed, so that GE's
-    import (~2 s) overlaps reading the large ones; then the order the registers are checked."""
+    """The order registers are read (on the worker thread) and checked (on this one), so
+    that checks wait for reads as little as possible: the smallest extract first, its plan
+    soon telling whether GE is needed; then by size, so that the small registers are checked
+    while the large ones are read. When GE is not imported yet, the largest comes second:
+    its read then overlaps the import (seconds) instead of following it.
+
+    Measured at 1M persons, nightly, with GE imported: 11.3 s when only the smallest came
+    first, 9.9 s by size; without: 10.5 s, 11.5 s by size, 10.8 s with the largest second."""
     def size(name: str) -> int:
         path = extract_dir / f"{name}.parquet"
         return path.stat().st_size if path.is_file() else 0
 
-    first = min(names, key=size, default=None)
-    return [first, *(n for n in names if n != first)] if first is not None else []
+    order = sorted(names, key=lambda name: (size(name), names.index(name)))
+    if "great_expectations" not in sys.modules and len(order) > 2:
+        order.insert(1, order.pop())
+    return order
 
 
 def _plan_ahead(
@@ -1464,8 +1472,9 @@ def validate_run(
     base_dir = Path(previous_run_dir) if previous_run_dir is not None else None
 
     results: dict[str, RegisterValidation] = {}
-    quarantines: list[pd.DataFrame] = []
-    bar = tqdm(names, desc="validate", unit="register", file=sys.stderr, leave=False,
+    quarantines: dict[str, pd.DataFrame] = {}
+    order = _read_order(names, run_folder / "extract")
+    bar = tqdm(order, desc="validate", unit="register", file=sys.stderr, leave=False,
                disable=None if progress else True)
     with _PassedFiles(out_dir) as passed_files:
         # Registers are read and compared (Arrow: releases the GIL) on a worker thread ahead
@@ -1476,14 +1485,14 @@ def validate_run(
             plans = {name: planner.submit(_plan_ahead, gx, configs[name], suites[name],
                                           run_folder / "extract" / f"{name}.parquet", run_id,
                                           base_dir)
-                     for name in _read_order(names, run_folder / "extract")}
+                     for name in order}
             for name in bar:
                 bar.set_postfix_str(name)
                 previous = previous_successful_counts(data_dir, name, run_id)
                 result, quarantine, mask, table = _check_register(
                     gx, plans.pop(name).result(), run_id, previous)
                 results[name] = result
-                quarantines.append(quarantine)
+                quarantines[name] = quarantine
                 if mask is not None and table is not None:
                     passed_files.write(name, table, mask)
                 log.info(
@@ -1496,6 +1505,7 @@ def validate_run(
                     log.info("validate %s: every row checked: %s", name, result.mode_reason)
         finally:
             planner.shutdown(wait=True, cancel_futures=True)
+        results = {name: results[name] for name in names if name in results}  # config order
         timings["ge_setup"] = gx.setup_seconds
         timings["registers"] = round(time.perf_counter() - t0 - timings["ge_setup"], 3)
 
@@ -1525,7 +1535,8 @@ def validate_run(
         if quarantine_path.is_file():
             old = pd.read_parquet(quarantine_path)
             keep.append(old[~old["register"].isin(list(results))])
-        combined = pd.concat([*keep, *quarantines], ignore_index=True)
+        combined = pd.concat([*keep, *(quarantines[n] for n in names if n in quarantines)],
+                             ignore_index=True)
         combined = combined.astype({c: STRING for c in QUARANTINE_COLUMNS if c != "source_row"})
         combined["source_row"] = combined["source_row"].astype("Int64")
         _write_parquet(pa.Table.from_pandas(combined, preserve_index=False), quarantine_path)
