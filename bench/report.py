@@ -75,9 +75,11 @@ def extract_validate_table() -> str:
 
 def nightly_table() -> str:
     rows = ["| persons | records | database | run 1 s | run 1 peak GB | delta | run 2 "
-            "(incremental) s | IDs kept | incremental vs full F1 | F1 vs truth |",
-            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(_load("nightly_*.json"), key=lambda r: r["persons"]):
+            "(incremental) s | run 2 process | IDs kept | incremental vs full F1 | "
+            "F1 vs truth |",
+            "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for r in sorted(_load("nightly_*.json"),
+                    key=lambda r: (r["persons"], r.get("run2_process") == "new")):
         inc = (r.get("incremental_vs_full") or {}).get("pairwise_f1")
         truth = (r.get("run2_vs_truth") or {}).get("pairwise_f1")
         kept = r.get("ids_kept_share")
@@ -85,6 +87,7 @@ def nightly_table() -> str:
             f"| {r['persons']:,} | {_n(r.get('records'))} | {r.get('database', '')} | "
             f"{_n(r.get('run1_seconds'))} | {_n(r.get('run1_peak_rss_gb'))} | "
             f"{_n((r.get('delta_share') or 0) * 100, 1)} % | {_n(r.get('run2_seconds'))} | "
+            f"{'new (`reglink run`)' if r.get('run2_process') == 'new' else 'same as run 1'} | "
             f"{'–' if kept is None else f'{kept * 100:.3f} %'} | "
             f"{'–' if inc is None else f'{inc:.5f}'} | "
             f"{'–' if truth is None else f'{truth:.4f}'} |")
