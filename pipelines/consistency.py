@@ -1041,14 +1041,12 @@ def _evaluate_into(
     evaluated, and checked (keys, foreign keys) as they arrive rather than at the commit, so
     the database's work overlaps the evaluation instead of following it.
     """
-    from pipelines.store import repository as repo
     from pipelines.store import schema
 
     table = schema.consistency_findings
     if conn.dialect.name != "postgresql":
         findings, metrics = _evaluate(records, rules, reference)
-        repo.replace_run_rows(conn, table, run_id, _parsed(findings))
-        return len(findings), metrics
+        return _write_findings(conn, run_id, findings), metrics
     conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
     conn.execute(sa.delete(table).where(table.c.run_id == run_id))
     dbapi = conn.connection.dbapi_connection
@@ -1102,7 +1100,7 @@ class Evaluation:
     reference: date
     records: int
     unlinked: int
-    findings: list[pd.DataFrame]  # per rule, record_ids and details as JSON text
+    findings: pd.DataFrame  # record_ids and details as JSON text
     metrics: pd.DataFrame
     seconds: dict[str, float]
 
@@ -1179,33 +1177,25 @@ def evaluate_assignment(
     links = pq.read_table(path, columns=list(LINK_COLUMNS))
     records, unlinked = _linked_records(run_id, validated, rules, links)
     del links
-    findings, metrics = [], []
-    for rule_findings, rule_metrics in _each_rule(records, rules, reference):
-        findings.append(rule_findings)
-        metrics.append(rule_metrics)
-    return Evaluation(run_id, mark, reference, len(records), unlinked, findings,
-                      _concat_frames(metrics, METRIC_COLUMNS),
+    findings, metrics = _evaluate(records, rules, reference)
+    return Evaluation(run_id, mark, reference, len(records), unlinked, findings, metrics,
                       {"evaluate": round(time.perf_counter() - started, 2)})
 
 
-def _write_findings(
-    conn: sa.Connection, run_id: str, findings: list[pd.DataFrame]
-) -> int:
-    """Replace the run's ``consistency_findings`` with ``findings`` (JSON text)."""
+def _write_findings(conn: sa.Connection, run_id: str, findings: pd.DataFrame) -> int:
+    """Replace the run's ``consistency_findings`` with ``findings`` (JSON text); returns
+    their number."""
     from pipelines.store import repository as repo
     from pipelines.store import schema
 
     table = schema.consistency_findings
     if conn.dialect.name != "postgresql":
-        frame = _concat_frames(findings, FINDING_COLUMNS)
-        repo.replace_run_rows(conn, table, run_id, _parsed(frame))
-        return len(frame)
-    conn.execute(sa.delete(table).where(table.c.run_id == run_id))
-    dbapi = conn.connection.dbapi_connection
-    for frame in findings:
-        if len(frame):
-            _copy_findings(dbapi, run_id, frame)
-    return sum(len(frame) for frame in findings)
+        repo.replace_run_rows(conn, table, run_id, _parsed(findings))
+    else:
+        conn.execute(sa.delete(table).where(table.c.run_id == run_id))
+        if len(findings):
+            _copy_findings(conn.connection.dbapi_connection, run_id, findings)
+    return len(findings)
 
 
 def run_consistency(
@@ -1265,67 +1255,43 @@ def run_consistency(
         reference = run_reference_date(run_id, run.started_at)
         counts = dict(run.counts or {})
         published = counts.get("published") or {}
-        early = (evaluation is not None and evaluation.run_id == run_id
-                 and evaluation.reference == reference
-                 and evaluation.assignment == published.get("assignment"))
+        if evaluation is not None and not (
+                evaluation.run_id == run_id and evaluation.reference == reference
+                and evaluation.assignment == published.get("assignment")):
+            evaluation = None  # of another assignment than the one published
         links = None
         index_source = "files"
-        if not early:
+        if evaluation is None:
             links = _links_from_files(conn, run_id, run_dir, published)
             if links is None:
                 links = _read_person_records(conn)
                 index_source = "database"
     lap("read_index")
 
-    if early:
-        assert evaluation is not None
-        n_records, unlinked, metrics = evaluation.records, evaluation.unlinked, evaluation.metrics
-        with engine.begin() as conn:
-            require_head(conn)
-            n_findings = _write_findings(conn, run_id, evaluation.findings)
-            summary = _write_summary(conn, run_id, rules, metrics, reference, n_records,
-                                     unlinked, index_source)
-        lap("write")
-        evaluated = evaluation.seconds
-    else:
-        assert links is not None
+    if links is not None:
         records, unlinked = _linked_records(run_id, validated, rules, links)
         del links
         n_records = len(records)
         lap("read_records")
-        with engine.begin() as conn:
-            require_head(conn)
+    with engine.begin() as conn:
+        require_head(conn)
+        if evaluation is not None:
+            n_records, unlinked, metrics = (evaluation.records, evaluation.unlinked,
+                                            evaluation.metrics)
+            n_findings = _write_findings(conn, run_id, evaluation.findings)
+        else:
             n_findings, metrics = _evaluate_into(conn, run_id, records, rules, reference)
             lap("evaluate")
             del records
-            summary = _write_summary(conn, run_id, rules, metrics, reference, n_records,
-                                     unlinked, index_source)
-        lap("write")
-        evaluated = None
-    summary["evaluated_before_publish"] = evaluated
+        summary = _write_summary(conn, run_id, rules, metrics, reference, n_records,
+                                 unlinked, index_source)
+    lap("write")
+    summary["evaluated_before_publish"] = evaluation.seconds if evaluation else None
     summary["seconds"] = {**lap.seconds, "total": round(time.perf_counter() - started, 2)}
     log.info("consistency of run %s: %d finding(s) over %d rule(s), index from %s, in %.1f s",
              run_id, n_findings, len(summary["findings"]), index_source,
              time.perf_counter() - started)
     return summary
-
-
-def _summary(
-    rules: Sequence[Rule], metrics: pd.DataFrame, reference: date, n_records: int,
-    unlinked: int, index_source: str,
-) -> dict[str, Any]:
-    per_rule = (
-        metrics[metrics["register"] == ALL_REGISTERS].set_index("rule")["count"].astype(int)
-    )
-    evaluated = set(per_rule.index)
-    return {
-        "reference_date": reference.isoformat(),
-        "records": n_records,
-        "unlinked": unlinked,
-        "findings": {r.name: int(per_rule[r.name]) for r in rules if r.name in evaluated},
-        "skipped": [r.name for r in rules if r.name not in evaluated],
-        "index_source": index_source,
-    }
 
 
 def _write_summary(
@@ -1338,9 +1304,20 @@ def _write_summary(
     from pipelines.store import schema
 
     repo.replace_run_rows(conn, schema.consistency_metrics, run_id, metrics)
+    per_rule = (
+        metrics[metrics["register"] == ALL_REGISTERS].set_index("rule")["count"].astype(int)
+    )
+    evaluated = set(per_rule.index)
+    summary = {
+        "reference_date": reference.isoformat(),
+        "records": n_records,
+        "unlinked": unlinked,
+        "findings": {r.name: int(per_rule[r.name]) for r in rules if r.name in evaluated},
+        "skipped": [r.name for r in rules if r.name not in evaluated],
+        "index_source": index_source,
+    }
     counts = conn.execute(
         sa.select(schema.runs.c.counts).where(schema.runs.c.run_id == run_id)
     ).scalar_one_or_none()
-    summary = _summary(rules, metrics, reference, n_records, unlinked, index_source)
     repo.update_run(conn, run_id, counts={**(counts or {}), "consistency": summary})
     return summary

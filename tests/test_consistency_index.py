@@ -163,7 +163,7 @@ def test_the_findings_evaluated_before_publish_are_those_evaluated_after_it(
 
     # The evaluation of an assignment that is not the published one is not written.
     evaluation.assignment = "another assignment"
-    evaluation.findings = []
+    evaluation.findings = evaluation.findings.iloc[0:0]
     other = run_consistency(engine, nightly.run_id, nightly.run_dir, CONFIG,
                             evaluation=evaluation)
     assert other["evaluated_before_publish"] is None
