@@ -179,10 +179,10 @@ def _key_order_by_file(tables: list[pa.Table]) -> pa.Array | None:
         return None
     with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(tables)))) as pool:
         orders = list(pool.map(lambda t: pc.sort_indices(t["record_id"]).to_numpy(), tables))
-    starts = np.cumsum([0] + [t.num_rows for t in tables])
+    starts = np.cumsum([0] + [t.num_rows for t in tables])[:-1]
     return pa.array(np.concatenate(
         [np.zeros(0, dtype=np.int64)]
-        + [order.astype(np.int64) + start for order, start in zip(orders, starts, strict=False)]))
+        + [order.astype(np.int64) + start for order, start in zip(orders, starts, strict=True)]))
 
 
 def _has_repeated_key(ordered: pa.Table) -> bool:
