@@ -455,17 +455,29 @@ class RunSummary:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _release_memory() -> None:
-    """Give the memory a finished step freed back to the system, so that the next step's
-    peak does not stack on it (Arrow's allocator keeps freed pages otherwise)."""
+def _release_memory(arrow: bool = True) -> None:
+    """Collect what a finished step left behind; with ``arrow``, give the memory Arrow's
+    allocator keeps back to the system, so that the next step's peak does not stack on it.
+
+    A full run needs that for its peak. An incremental run's steps hold far less, and
+    taking memory back from the system costs a page fault per page (seconds per GB on a
+    virtual machine, see ``pipelines/__init__.py``): it keeps Arrow's memory for the next
+    step (1M persons: about 5 s less)."""
     import gc
-    import sys
 
     gc.collect()
     # What survives a step is mostly imported modules (Great Expectations alone is hundreds
     # of thousands of objects): frozen, the next collection does not walk them again
     # (2 s over an incremental run at 1M). run_all unfreezes them when it ends.
     gc.freeze()
+    if arrow:
+        _release_arrow_memory()
+
+
+def _release_arrow_memory() -> None:
+    """Give the memory Arrow's allocator keeps (freed, not yet returned) to the system."""
+    import sys
+
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
 
@@ -498,8 +510,12 @@ def run_all(ctx: RunContext, *, on_step: Callable[[str], None] | None = None) ->
             marked failed in the database, nothing is published.
     """
     summary = RunSummary(ctx.run_id)
+    # Whether the run links incrementally: its steps then keep Arrow's freed memory
+    # (_release_memory). Known for sure once link has run; until then, from the base run.
+    incremental = not ctx.full_relink and _base_run_dir(ctx) is not None
 
     def step(name: str, func: Callable[[], Any]) -> Any:
+        nonlocal incremental
         if on_step:
             on_step(name)
         t = time.perf_counter()
@@ -512,7 +528,9 @@ def run_all(ctx: RunContext, *, on_step: Callable[[str], None] | None = None) ->
             raise
         summary.seconds[name] = round(time.perf_counter() - t, 2)
         summary.steps[name] = result
-        _release_memory()
+        if name == "link":
+            incremental = result.get("mode") == "incremental"
+        _release_memory(arrow=not incremental)
         log.info("run %s: %s done (%.1f s)", ctx.run_id, name, summary.seconds[name])
         return result
 
@@ -533,6 +551,7 @@ def run_all(ctx: RunContext, *, on_step: Callable[[str], None] | None = None) ->
         step("report", lambda: report_step(ctx))
     finally:
         gc.unfreeze()  # what _release_memory froze is collectable again after the run
+        _release_arrow_memory()  # what an incremental run kept is not kept past it
     _write_json(ctx.run_dir / "run.json", {"run_id": ctx.run_id, "context": ctx.to_dict(),
                                            "steps": summary.steps, "seconds": summary.seconds})
     return summary
