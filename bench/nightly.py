@@ -4,7 +4,9 @@
 
 1. synthesise the country (once, kept under --work);
 2. run 1: the whole nightly run (extract → validate → link → assign IDs → publish), full;
-3. write a nightly delta (--delta share of the records corrected, added or deleted);
+3. write a nightly delta (--delta share of the records corrected, added or deleted), and
+   let run 1's writes reach the disk (a database CHECKPOINT and a sync), as the day between
+   two nightly runs does;
 4. run 2: the incremental run over the delta, in this process after run 1 (imports and
    caches warm), or with ``--run2-new-process`` as a nightly job runs it: `reglink run` in a
    new process (results in nightly_<persons>_new_process.json);
@@ -78,6 +80,24 @@ def make_pg_database(admin_url: str) -> str:
         f"/{name}"
 
 
+def settle(url: str | None) -> None:
+    """Let run 1's writes reach the disk before run 2, as the night between two runs does:
+    the database checkpoints (else its checkpointer writes run 1's gigabytes during run 2,
+    over the several minutes it spreads a checkpoint) and the file system syncs."""
+    if url:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("CHECKPOINT")
+        except sa.exc.DBAPIError as exc:  # CHECKPOINT needs a superuser or pg_checkpoint
+            log.warning("no CHECKPOINT before run 2 (%s)", type(exc).__name__)
+        finally:
+            engine.dispose()
+    os.sync()
+
+
 def main() -> int:
     # Imported here, after pipelines: pipelines sets Arrow's allocator options, which must
     # come before pandas loads pyarrow (pipelines/__init__.py).
@@ -133,6 +153,7 @@ def main() -> int:
                                           seed=args.seed + 1)
     ctx2 = RunContext(run_id="20260102T000000Z", config_dir=config, data_dir=data,
                       database_url=url, source_dir=delta_source, data_docs=False)
+    settle(url)
     if not args.run2_new_process:
         results["run2_process"] = "same"
         t = time.perf_counter()
