@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -99,10 +101,6 @@ def settle(url: str | None) -> None:
 
 
 def main() -> int:
-    # Imported here, after pipelines: pipelines sets Arrow's allocator options, which must
-    # come before pandas loads pyarrow (pipelines/__init__.py).
-    import pandas as pd
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)

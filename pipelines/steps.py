@@ -461,8 +461,9 @@ def _release_memory(arrow: bool = True) -> None:
 
     A full run needs that for its peak. An incremental run's steps hold far less, and
     taking memory back from the system costs a page fault per page (seconds per GB on a
-    virtual machine, see ``pipelines/__init__.py``): it keeps Arrow's memory for the next
-    step (1M persons: about 5 s less)."""
+    virtual machine that returns freed memory to its host): it keeps Arrow's memory for
+    the next step. That only pays when Arrow's allocator is told to keep freed memory
+    (``MIMALLOC_PURGE_DELAY``, docs/mpi.md): 1M persons, about 5 s less."""
     import gc
 
     gc.collect()
