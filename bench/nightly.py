@@ -69,34 +69,37 @@ class StepPeaks:
         return self.peaks
 
 
-def make_pg_database(admin_url: str) -> str:
+def _admin_sql(admin_url: str, statement: str) -> None:
+    """One statement outside a transaction, on the server's admin connection."""
     import psycopg2
 
-    name = f"reglink_bench_{uuid.uuid4().hex[:8]}"
     conn = psycopg2.connect(admin_url)
     conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def make_pg_database(admin_url: str) -> str:
+    name = f"reglink_bench_{uuid.uuid4().hex[:8]}"
+    _admin_sql(admin_url, f'CREATE DATABASE "{name}"')
     return admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://") + \
         f"/{name}"
 
 
-def settle(url: str | None) -> None:
+def settle(admin_url: str | None) -> None:
     """Let run 1's writes reach the disk before run 2, as the night between two runs does:
     the database checkpoints (else its checkpointer writes run 1's gigabytes during run 2,
     over the several minutes it spreads a checkpoint) and the file system syncs."""
-    if url:
-        import sqlalchemy as sa
+    if admin_url:
+        import psycopg2
 
-        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
         try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("CHECKPOINT")
-        except sa.exc.DBAPIError as exc:  # CHECKPOINT needs a superuser or pg_checkpoint
+            _admin_sql(admin_url, "CHECKPOINT")  # for the whole server
+        except psycopg2.Error as exc:  # CHECKPOINT needs a superuser or pg_checkpoint
             log.warning("no CHECKPOINT before run 2 (%s)", type(exc).__name__)
-        finally:
-            engine.dispose()
     os.sync()
 
 
@@ -151,7 +154,7 @@ def main() -> int:
                                           seed=args.seed + 1)
     ctx2 = RunContext(run_id="20260102T000000Z", config_dir=config, data_dir=data,
                       database_url=url, source_dir=delta_source, data_docs=False)
-    settle(url)
+    settle(args.pg_admin if url else None)
     if not args.run2_new_process:
         results["run2_process"] = "same"
         t = time.perf_counter()
