@@ -75,7 +75,26 @@ def available_commands() -> list[str]:
     return list(build_parser().get_default("available_commands"))
 
 
+def _before_loading_arrow(argv: list[str]) -> None:
+    """What must be decided before the command modules load pyarrow: for ``reglink run``,
+    how long Arrow's allocator keeps freed memory (:mod:`pipelines.memory`)."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] != "run" or {"-h", "--help"} & set(argv):
+        return
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--data-dir", type=Path,
+                     default=Path(os.environ.get("REGLINK_DATA_DIR", "data")))
+    pre.add_argument("--database-url", default=os.environ.get("REGLINK_DATABASE_URL"))
+    pre.add_argument("--full", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    from pipelines.memory import keep_freed_memory_for_incremental_run
+
+    keep_freed_memory_for_incremental_run(data_dir=known.data_dir,
+                                          database_url=known.database_url, full=known.full)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _before_loading_arrow(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
