@@ -12,7 +12,8 @@ A first run or a full relink (``--full``) keeps the default: its steps would kee
 free until the step ends, and a first run at 1,000,000 persons then peaked over 8 GB.
 
 mimalloc reads the setting when pyarrow is loaded, so this module imports nothing that
-loads it (only SQLAlchemy, to ask the database whether a run was published).
+loads it (SQLAlchemy and the store's engine module, to ask the database whether a run was
+published; tests/test_memory.py checks that pyarrow is still not loaded).
 """
 
 from __future__ import annotations
