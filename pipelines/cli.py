@@ -82,9 +82,7 @@ def _before_loading_arrow(argv: list[str]) -> None:
     if not words or words[0] != "run" or {"-h", "--help"} & set(argv):
         return
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--data-dir", type=Path,
-                     default=Path(os.environ.get("REGLINK_DATA_DIR", "data")))
-    pre.add_argument("--database-url", default=os.environ.get("REGLINK_DATABASE_URL"))
+    add_common_options(pre)  # the same defaults as the command's own parser
     pre.add_argument("--full", action="store_true")
     known, _ = pre.parse_known_args(argv)
     from pipelines.memory import keep_freed_memory_for_incremental_run

@@ -12,8 +12,8 @@ A first run or a full relink (``--full``) keeps the default: its steps would kee
 free until the step ends, and a first run at 1,000,000 persons then peaked over 8 GB.
 
 mimalloc reads the setting when pyarrow is loaded, so this module imports nothing that
-loads it (SQLAlchemy and the store's engine module, to ask the database whether a run was
-published; tests/test_memory.py checks that pyarrow is still not loaded).
+loads it (SQLAlchemy and the store's engine and schema modules, to ask the database whether
+a run was published; tests/test_memory.py checks that pyarrow is still not loaded).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def has_published_run(database_url: str) -> bool:
     import sqlalchemy as sa
 
     from pipelines.store.engine import DatabaseError, make_engine, sqlite_path
+    from pipelines.store.schema import runs  # not repository.last_published_run: its module
+    # loads pandas, and with it pyarrow
 
     try:
         path = sqlite_path(database_url)
@@ -46,8 +48,8 @@ def has_published_run(database_url: str) -> bool:
         return False
     try:
         with engine.connect() as conn:
-            row = conn.execute(sa.text(
-                "SELECT 1 FROM runs WHERE status = 'published' LIMIT 1")).first()
+            row = conn.execute(sa.select(runs.c.run_id).where(
+                runs.c.status == "published").limit(1)).first()
     except sa.exc.SQLAlchemyError:  # no runs table yet, or unreachable: the run will say
         return False
     finally:

@@ -463,7 +463,8 @@ def _release_memory(arrow: bool = True) -> None:
     taking memory back from the system costs a page fault per page (seconds per GB on a
     virtual machine that returns freed memory to its host): it keeps Arrow's memory for
     the next step. That only pays when Arrow's allocator is told to keep freed memory
-    (``MIMALLOC_PURGE_DELAY``, docs/mpi.md): 1M persons, about 5 s less."""
+    (``MIMALLOC_PURGE_DELAY``, which ``reglink run`` sets for an incremental run:
+    pipelines/memory.py): 1M persons, about 5 s less."""
     import gc
 
     gc.collect()
