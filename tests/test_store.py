@@ -6,6 +6,7 @@ database (created from the session's ``pg_url`` server and dropped afterwards).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -103,6 +104,54 @@ def test_upgrade_to_0004_keeps_findings_pairs_and_views(empty_db_url: str) -> No
         conn.exec_driver_sql(
             "INSERT INTO consistency_findings (run_id, rule, mpi_id) VALUES "
             f"('{run_id}', 'sex_conflict', '{mpi_id}')")
+    eng.dispose()
+
+
+def test_upgrade_to_0005_keeps_pairs_and_their_explanations(empty_db_url: str) -> None:
+    """0005 drops the per-record indexes of ``match_pairs`` and keeps explanations as JSON
+    text on PostgreSQL: the pairs, their explanations and the run's unique key stay; a
+    downgrade brings the indexes back."""
+    from alembic import command
+
+    from pipelines.store.migrations import alembic_config
+
+    explanation = {"surname": {"level": 3, "weight": 3.5}, "pin": {"level": -1, "weight": 0.0}}
+    eng = make_engine(empty_db_url)
+    upgrade(eng, "0004")
+    with eng.begin() as conn:
+        run_id = _start(conn)
+        conn.execute(sa.insert(schema.match_pairs), [{
+            "run_id": run_id, "register_l": "civil", "record_id_l": "1",
+            "register_r": "health", "record_id_r": "2", "match_weight": 3.5,
+            "match_probability": 0.9, "status": "review", "explanation": explanation}])
+
+    def indexes() -> set[str]:
+        with eng.connect() as conn:
+            return {i["name"] for i in sa.inspect(conn).get_indexes("match_pairs")}
+
+    by_record = {"ix_match_pairs_register_l_record_id_l", "ix_match_pairs_register_r_record_id_r"}
+    assert by_record <= indexes()
+    upgrade(eng)
+    assert not by_record & indexes()
+    assert "ix_match_pairs_run_id_status" in indexes()
+    with eng.connect() as conn:
+        assert conn.execute(sa.select(schema.match_pairs.c.explanation)).scalar_one() == \
+            explanation
+        if conn.dialect.name == "postgresql":
+            assert conn.exec_driver_sql(
+                "SELECT data_type FROM information_schema.columns WHERE table_name = "
+                "'match_pairs' AND column_name = 'explanation'").scalar_one() == "json"
+    with pytest.raises(sa.exc.IntegrityError), eng.begin() as conn:  # the unique key stays
+        conn.execute(sa.insert(schema.match_pairs), [{
+            "run_id": run_id, "register_l": "civil", "record_id_l": "1",
+            "register_r": "health", "record_id_r": "2", "match_weight": 1.0,
+            "match_probability": 0.5, "status": "review"}])
+    with eng.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+    assert by_record <= indexes()
+    with eng.connect() as conn:
+        value = conn.exec_driver_sql("SELECT explanation FROM match_pairs").scalar_one()
+        assert (json.loads(value) if isinstance(value, str) else value) == explanation
     eng.dispose()
 
 
