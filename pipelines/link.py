@@ -55,6 +55,7 @@ from matching.comparisons import RecordColumns, compare_pairs
 from matching.errors import MatchingError
 from matching.model import FellegiSunterModel
 from matching.predict import score_pairs
+from matching.settings import BlockingRule
 from pipelines.errors import ReglinkError
 from pipelines.keys import key_positions, take
 from pipelines.validate import require_validated
@@ -375,6 +376,12 @@ def _positions(records: pd.DataFrame, other: pd.DataFrame) -> np.ndarray:
     return key_positions(keys(other), keys(records))
 
 
+def _alone(rule: BlockingRule) -> list[str]:
+    """The columns of a blocking rule whose values are compared with the same column."""
+    return (list(rule.columns) if rule.swap_with is None else
+            [a for a, b in zip(rule.columns, rule.swap_with, strict=True) if a == b])
+
+
 def _touching_blocks(records: pd.DataFrame, settings: LinkageSettings,
                      changed: np.ndarray, cols: RecordColumns) -> np.ndarray:
     """Mask of the records that share a block key of some rule with a changed record.
@@ -384,12 +391,13 @@ def _touching_blocks(records: pd.DataFrame, settings: LinkageSettings,
     comparing."""
     keep = changed.copy()
     cache: dict[str, tuple[np.ndarray, int]] = {}
+    cols.prefetch([c for rule in settings.blocking_rules for c in _alone(rule)]
+                  + [comp.columns["value"] for comp in settings.comparisons
+                     if "value" in comp.columns])
     for rule in settings.blocking_rules:
         if any(c not in records.columns for c in rule.all_columns):
             continue
-        alone = (rule.columns if rule.swap_with is None else
-                 [a for a, b in zip(rule.columns, rule.swap_with, strict=True) if a == b])
-        for col in alone:
+        for col in _alone(rule):
             if col not in cache:
                 cache[col] = (cols.code_array(col).astype(np.int64), cols.n_values(col))
         if rule.swap_with is not None:
@@ -659,13 +667,22 @@ def cluster_run(run_dir: Path, settings: LinkageSettings | str | Path, *,
         "match_probability": best,
         "link_basis": basis,
     })
+    from concurrent.futures import ThreadPoolExecutor
+
     out = run_dir / "cluster"
-    _atomic_write(out / "crosswalk.parquet", lambda p: crosswalk.to_parquet(p, index=False))
-    # Arrow writes the CSV several times faster than pandas (quoted only where needed).
-    _atomic_write(out / "crosswalk.csv", lambda p: pa_csv.write_csv(
-        pa.Table.from_pandas(crosswalk[["register", "record_id", "cluster_id"]],
-                             preserve_index=False), p,
-        pa_csv.WriteOptions(quoting_style="needed")))
+    table = pa.Table.from_pandas(crosswalk, preserve_index=False)
+    # The two files are written at once: Arrow encodes both without the GIL. Arrow writes
+    # the CSV several times faster than pandas (quoted only where needed).
+    with ThreadPoolExecutor(2, thread_name_prefix="crosswalk") as pool:
+        writes = [
+            pool.submit(_atomic_write, out / "crosswalk.parquet",
+                        lambda p: pq.write_table(table, p)),
+            pool.submit(_atomic_write, out / "crosswalk.csv", lambda p: pa_csv.write_csv(
+                table.select(["register", "record_id", "cluster_id"]), p,
+                pa_csv.WriteOptions(quoting_style="needed"))),
+        ]
+        for write in writes:
+            write.result()
     report = linker.cluster_report.to_dict() if linker.cluster_report else {}
     result = {
         "records": int(len(records)),
