@@ -9,7 +9,9 @@
    two nightly runs does;
 4. run 2: the incremental run over the delta, in this process after run 1 (imports and
    caches warm), or with ``--run2-new-process`` as a nightly job runs it: `reglink run` in a
-   new process (results in nightly_<persons>_new_process.json);
+   new process (results in nightly_<persons>_new_process.json); ``--run2-repeats N`` runs
+   it N times, each over a fresh copy of run 1's data folder and database (a PostgreSQL
+   TEMPLATE copy), and reports every time, as one run's time varies by several seconds;
 5. a full relink of run 2's data (train, score, cluster; no publish), and the pairwise F1
    between the incremental and the full crosswalk;
 6. ID stability: the share of run 1's MPI IDs still active after run 2.
@@ -103,6 +105,36 @@ def settle(admin_url: str | None) -> None:
     os.sync()
 
 
+class Run1Copy:
+    """Run 1's data folder and database, kept to run run 2 again over them: the folder is
+    copied, the PostgreSQL database copied as a TEMPLATE (which needs nobody connected)."""
+
+    def __init__(self, data: Path, url: str | None, admin_url: str) -> None:
+        from pipelines.steps import close_engines
+
+        self.data, self.admin_url = data, admin_url
+        self.copy = data.with_name(data.name + "_run1")
+        shutil.rmtree(self.copy, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(data), str(self.copy)], check=True)
+        self.name = url.rsplit("/", 1)[1] if url else None
+        if self.name:
+            close_engines()
+            _admin_sql(admin_url, f'CREATE DATABASE "{self.name}_run1" TEMPLATE "{self.name}"')
+
+    def restore(self) -> None:
+        shutil.rmtree(self.data)
+        subprocess.run(["cp", "-a", str(self.copy), str(self.data)], check=True)
+        if self.name:
+            _admin_sql(self.admin_url, f'DROP DATABASE "{self.name}"')
+            _admin_sql(self.admin_url,
+                       f'CREATE DATABASE "{self.name}" TEMPLATE "{self.name}_run1"')
+
+    def drop(self) -> None:
+        shutil.rmtree(self.copy, ignore_errors=True)
+        if self.name:
+            _admin_sql(self.admin_url, f'DROP DATABASE "{self.name}_run1"')
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=100_000)
@@ -117,7 +149,12 @@ def main() -> int:
                         help="run 2 as a nightly job runs it: `reglink run` in a new process "
                         "(imports and caches cold); by default it runs in this process, "
                         "after run 1")
+    parser.add_argument("--run2-repeats", type=int, default=1,
+                        help="run 2 this many times (with --run2-new-process), each over a "
+                        "fresh copy of run 1's data folder and database")
     args = parser.parse_args()
+    if args.run2_repeats < 1 or (args.run2_repeats > 1 and not args.run2_new_process):
+        parser.error("--run2-repeats N needs N >= 1, and --run2-new-process when N > 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = ROOT / "config"
     work = args.work / str(args.persons)
@@ -169,12 +206,27 @@ def main() -> int:
         command = [sys.executable, "-m", "pipelines.cli", "run", "--config", str(config),
                    "--data-dir", str(data), "--run-id", ctx2.run_id, "--source-dir",
                    str(delta_source), "--no-data-docs"]
-        t = time.perf_counter()
-        subprocess.run(command + (["--database-url", url] if url else []), check=True,
-                       cwd=ROOT)
-        results["run2_seconds"] = round(time.perf_counter() - t, 1)
-        done = json.loads((ctx2.run_dir / "run.json").read_text())
-        s2 = SimpleNamespace(steps=done["steps"], seconds=done["seconds"])
+        run1 = Run1Copy(data, url, args.pg_admin) if args.run2_repeats > 1 else None
+        times, steps, first = [], [], None
+        for repeat in range(args.run2_repeats):
+            if run1 is not None and repeat:
+                run1.restore()
+                settle(args.pg_admin if url else None)
+            t = time.perf_counter()
+            subprocess.run(command + (["--database-url", url] if url else []), check=True,
+                           cwd=ROOT)
+            times.append(round(time.perf_counter() - t, 1))
+            done = json.loads((ctx2.run_dir / "run.json").read_text())
+            steps.append(done["seconds"])
+            first = first or done
+            log.info("run 2 (%d of %d): %.1f s", repeat + 1, args.run2_repeats, times[-1])
+        if run1 is not None:
+            run1.drop()
+            results["run2_seconds_each"] = times
+            results["run2_steps_seconds_each"] = steps
+            results["run2_seconds_median"] = float(pd.Series(times).median())
+        results["run2_seconds"] = times[0]
+        s2 = SimpleNamespace(steps=first["steps"], seconds=first["seconds"])
     results["run2_steps_seconds"] = s2.seconds
     link_steps = ("standardise", "link", "cluster", "assign_ids", "publish")
     results["run2_link_to_publish_seconds"] = round(sum(s2.seconds[k] for k in link_steps), 1)

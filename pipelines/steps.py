@@ -158,6 +158,13 @@ def engine_for(ctx: RunContext):
     return _ENGINES[url]
 
 
+def close_engines() -> None:
+    """Close this process's pooled MPI database connections (``engine_for`` opens new ones
+    when next asked): PostgreSQL copies or drops a database only when nobody is connected."""
+    while _ENGINES:
+        _ENGINES.popitem()[1].dispose()
+
+
 def config_hash(config_dir: Path) -> str:
     """A hash of every file of the configuration folder (names and contents)."""
     import hashlib

@@ -26,7 +26,7 @@ from pipelines.consistency import (
     load_rules,
     run_consistency,
 )
-from pipelines.steps import RunContext, engine_for, run_all
+from pipelines.steps import RunContext, close_engines, engine_for, run_all
 from pipelines.store import schema
 from pipelines.store.engine import make_engine
 from pipelines.store.migrations import upgrade
@@ -54,7 +54,7 @@ def nightly(request, country, tmp_path_factory) -> Iterator[RunContext]:
         if request.param == "postgresql":
             url = stack.enter_context(new_pg_database(request.getfixturevalue("pg_url"),
                                                       "reglink_test_cons"))
-        stack.callback(_dispose_engines)
+        stack.callback(close_engines)
 
         def ctx(run_id: str, source: Path) -> RunContext:
             return RunContext(run_id=run_id, config_dir=CONFIG, data_dir=data_dir,
@@ -68,13 +68,6 @@ def nightly(request, country, tmp_path_factory) -> Iterator[RunContext]:
         assert summary.steps["assign_ids"]["index_source"] == "files"
         assert summary.steps["consistency"]["evaluated_before_publish"] is not None
         yield second
-
-
-def _dispose_engines() -> None:
-    from pipelines.steps import _ENGINES
-
-    for key in list(_ENGINES):
-        _ENGINES.pop(key).dispose()
 
 
 def _stored(engine: sa.Engine, run_id: str) -> tuple[list[tuple], list[tuple]]:
