@@ -79,7 +79,7 @@ class RecordColumns:
     def code_array(self, column: str) -> np.ndarray:
         """int32 code per record (``-1`` missing), codes numbered as ``codes`` numbers them."""
         if column not in self._factorized:
-            self._factorize(column, self.records[column])
+            self._factorized[column] = _factorized(self.records[column])
         return self._factorized[column][0]
 
     def n_values(self, column: str) -> int:
@@ -117,9 +117,6 @@ class RecordColumns:
                     lambda c: _factorized(self.records[c]), todo), strict=True):
                 self._factorized[column] = done
 
-    def _factorize(self, name: str, series: pd.Series) -> None:
-        self._factorized[name] = _factorized(series)
-
     def derived(self, name: str, make: Callable[[], pd.Series]) -> str:
         """Register a computed column under ``name`` (built once by ``make``); returns the name.
 
@@ -127,7 +124,7 @@ class RecordColumns:
         and fuzzy levels work on it.
         """
         if name not in self._factorized:
-            self._factorize(name, make())
+            self._factorized[name] = _factorized(make())
         return name
 
     def coalesce(self, columns: Sequence[str]) -> str:
