@@ -1348,6 +1348,14 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _write_json(data: dict[str, Any], path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n",
@@ -1355,7 +1363,16 @@ def _write_json(data: dict[str, Any], path: Path) -> None:
     os.replace(partial, path)
 
 
-def _write_passed(table: pa.Table, mask: np.ndarray, path: Path) -> int:
+def _write_passed(table: pa.Table, mask: np.ndarray, path: Path,
+                  extract: tuple[Path, str] | None = None) -> int:
+    """Write the rows of ``table`` that ``mask`` keeps. ``extract``: the file ``table`` was
+    read from and its SHA-256; when every row passed, the file is copied instead of encoded
+    again (a register with nothing quarantined: 1 s of CPU saved per million rows)."""
+    if extract is not None and bool(mask.all()):
+        source, sha256 = extract
+        shutil.copyfile(source, path)
+        if _sha256_of(path) == sha256:  # the very file that was validated
+            return table.num_rows
     passed = table.filter(pa.array(mask))
     # LZ4 rather than zstd: standardise, consistency and the next run's validation read
     # these files; LZ4 reads back 2-3x faster (civil registry at 1M: 0.6 s, not 1.4 s).
@@ -1379,8 +1396,10 @@ class _PassedFiles:
     def _partial(self, name: str) -> Path:
         return self.out_dir / f"{name}.parquet.partial"
 
-    def write(self, name: str, table: pa.Table, mask: np.ndarray) -> None:
-        self.pending[name] = self.pool.submit(_write_passed, table, mask, self._partial(name))
+    def write(self, name: str, table: pa.Table, mask: np.ndarray,
+              extract: tuple[Path, str] | None = None) -> None:
+        self.pending[name] = self.pool.submit(_write_passed, table, mask, self._partial(name),
+                                              extract)
 
     def rows(self, name: str) -> int | None:
         """The passed rows written for ``name`` (None: nothing to write)."""
@@ -1498,7 +1517,9 @@ def validate_run(
                 results[name] = result
                 quarantines[name] = quarantine
                 if mask is not None and table is not None:
-                    passed_files.write(name, table, mask)
+                    extract = run_folder / "extract" / f"{name}.parquet"
+                    passed_files.write(name, table, mask, (extract, result.extract_sha256)
+                                       if result.extract_sha256 else None)
                 log.info(
                     "validate %s: %d extracted, %d passed, %d quarantined, %d flagged; %s, %d "
                     "rows checked (%.1f s)", name, result.extracted, result.passed,

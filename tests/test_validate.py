@@ -8,11 +8,14 @@ happen to each (a clear message with exit status 2, or quarantined rows that add
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -21,6 +24,7 @@ from pipelines.errors import CircuitBreakerError, ConfigError, ValidationError
 from pipelines.registers import load_register_config, load_register_configs
 from pipelines.validate import (
     QUARANTINE_COLUMNS,
+    _write_passed,
     previous_successful_counts,
     require_validated,
     validate_run,
@@ -118,6 +122,30 @@ def test_invalid_pin_flags_the_row_but_keeps_it_for_linking(tmp_path, capsys):
         ("pin_check_digit", "warning"), ("pin_malformed", "warning")]
     assert pq.read_metadata(folder / "people.parquet").num_rows == 10
     assert "flagged" in out and "people" in out  # the summary table
+
+
+def test_a_register_with_nothing_quarantined_passes_its_extract_unchanged(tmp_path, capsys):
+    extract(capsys, tmp_path, "good", RUN)
+    code, _, err = validate(capsys, tmp_path, RUN, CORPUS / "config", "--no-data-docs")
+    assert code == 0, err
+    run = tmp_path / "runs" / RUN
+    assert pd.read_parquet(run / "validate" / "quarantine.parquet").empty
+    # Every row passed: the passed file is the extract, byte for byte.
+    extracted = (run / "extract" / "people.parquet").read_bytes()
+    assert (run / "validate" / "people.parquet").read_bytes() == extracted
+
+
+def test_passed_rows_are_written_again_when_the_extract_changed_on_disk(tmp_path):
+    table = pa.table({"record_id": ["a", "b", "c"], "surname": ["X", "Y", "Z"]})
+    extract_file, passed = tmp_path / "extract.parquet", tmp_path / "passed.parquet"
+    pq.write_table(table, extract_file)
+    expected = hashlib.sha256(extract_file.read_bytes()).hexdigest()
+    pq.write_table(table.slice(0, 1), extract_file)  # replaced after it was validated
+    assert _write_passed(table, np.ones(3, dtype=bool), passed, (extract_file, expected)) == 3
+    assert pq.read_table(passed).equals(table)
+    assert _write_passed(table, np.array([True, False, True]), passed,
+                         (extract_file, expected)) == 2
+    assert pq.read_table(passed)["record_id"].to_pylist() == ["a", "c"]
 
 
 def test_data_docs_escape_markup_and_load_nothing_from_outside(tmp_path, capsys):
