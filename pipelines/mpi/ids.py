@@ -56,6 +56,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -815,6 +816,17 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
         prob_new, prob_old, rtol=0, atol=1e-7)
     records_upsert = new_records.filter(pa.array(~unchanged))
     records_delete = prev_records.select(KEY).filter(pa.array(~still_here))
+    # Without its summary (written last) the folder is not an assignment: a crash while the
+    # files are replaced leaves none that publish or the next run could take for this one.
+    summary_path.unlink(missing_ok=True)
+    # The record files are final: they are encoded on a worker thread (Arrow releases the
+    # GIL) while the golden records are computed here.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assign-write")
+    record_writes = writer.submit(lambda: [
+        _write_parquet(out / f"{name}.parquet", frame, **_INDEX_WRITE.get(name, {}))
+        for name, frame in (("person_records", new_records), ("records_upsert", records_upsert),
+                            ("records_delete", records_delete))])
+    writer.shutdown(wait=False)
     lap("records")
 
     # ---- golden records, only for the persons whose records changed
@@ -885,9 +897,6 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     anchor_all = rows_all.copy()
     redone_rows = rows_all >= n_persons
     anchor_all[redone_rows] = golden_at[rows_all[redone_rows] - n_persons]
-    # Without its summary (written last) the folder is not an assignment: a crash while the
-    # files are replaced leaves none that publish or the next run could take for this one.
-    summary_path.unlink(missing_ok=True)
     check = np.flatnonzero(same_all)
     same_all[check] = _write_persons(out / PERSONS_FILE, prev_persons, golden_table, rows_all,
                                      anchor_all, check, golden_code[check], run_id)
@@ -923,10 +932,10 @@ def assign_run(engine: Engine, run_id: str, run_dir: Path,
     events_frame = pd.concat([listed, *events], ignore_index=True)[columns] if events else listed
     retire_frame = pd.DataFrame(retired, columns=["mpi_id", "merged_into"])
 
-    for name, frame in (("person_records", new_records), ("records_upsert", records_upsert),
-                        ("records_delete", records_delete), ("persons_upsert", persons_upsert),
-                        ("persons_retire", retire_frame), ("events", events_frame)):
+    for name, frame in (("persons_upsert", persons_upsert), ("persons_retire", retire_frame),
+                        ("events", events_frame)):
         _write_parquet(out / f"{name}.parquet", frame, **_INDEX_WRITE.get(name, {}))
+    record_writes.result()
     lap("write")
 
     counts = events_frame["event_type"].value_counts().to_dict()
