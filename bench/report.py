@@ -83,10 +83,15 @@ def nightly_table() -> str:
         inc = (r.get("incremental_vs_full") or {}).get("pairwise_f1")
         truth = (r.get("run2_vs_truth") or {}).get("pairwise_f1")
         kept = r.get("ids_kept_share")
+        run2 = _n(r.get("run2_seconds"))
+        each = r.get("run2_seconds_each") or []
+        if len(each) > 1:  # --run2-repeats: the median, and the spread
+            run2 = (f"{_n(r.get('run2_seconds_median'))} (median of {len(each)}: "
+                    f"{_n(min(each))}–{_n(max(each))})")
         rows.append(
             f"| {r['persons']:,} | {_n(r.get('records'))} | {r.get('database', '')} | "
             f"{_n(r.get('run1_seconds'))} | {_n(r.get('run1_peak_rss_gb'))} | "
-            f"{_n((r.get('delta_share') or 0) * 100, 1)} % | {_n(r.get('run2_seconds'))} | "
+            f"{_n((r.get('delta_share') or 0) * 100, 1)} % | {run2} | "
             f"{'new (`reglink run`)' if r.get('run2_process') == 'new' else 'same as run 1'} | "
             f"{'–' if kept is None else f'{kept * 100:.3f} %'} | "
             f"{'–' if inc is None else f'{inc:.5f}'} | "
