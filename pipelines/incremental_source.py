@@ -49,7 +49,12 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipelines.extract import DEFAULT_CHUNKSIZE, ExtractResult, extract_register
+from pipelines.extract import (
+    DEFAULT_CHUNKSIZE,
+    ExtractResult,
+    dictionary_columns,
+    extract_register,
+)
 from pipelines.registers import CANONICAL_COLUMNS, RegisterConfig
 
 __all__ = [
@@ -203,8 +208,12 @@ def merge_changes(changes: str | Path, base: str | Path, out_path: str | Path) -
     partial = out_path.with_name(out_path.name + ".partial")
     carried = replaced = 0
     try:
+        first = next(base_file.iter_batches(batch_size=DEFAULT_CHUNKSIZE), None)
         with pq.ParquetWriter(partial, schema, compression="lz4",  # as extracts are
-                              write_statistics=["record_id"]) as writer:
+                              write_statistics=["record_id"],
+                              use_dictionary=dictionary_columns(
+                                  pa.Table.from_batches([first]) if first is not None
+                                  else schema.empty_table())) as writer:
             for batch in base_file.iter_batches(batch_size=DEFAULT_CHUNKSIZE):
                 keep = pc.invert(pc.is_in(batch.column("record_id"), value_set=changed_ids))
                 kept = batch.filter(keep)

@@ -286,6 +286,25 @@ def test_header_only_file_gives_zero_records(tmp_path: Path) -> None:
     assert pq.read_table(out).num_rows == 0
 
 
+def test_identifiers_are_written_without_a_dictionary_and_repeated_values_with_one(
+    tmp_path: Path,
+) -> None:
+    rows = [civil_row(CERT_NO=f"C{i:05d}", RAYON=("Вахдат", "Рудаки")[i % 2]) for i in range(300)]
+    config, source = make_register(tmp_path, CIVIL_YAML,
+                                    {"civil_1.csv": csv_text(CIVIL_HEADER, rows)})
+    out = tmp_path / "civil.parquet"
+    extract_register(config, source, out, chunksize=100)
+    meta = pq.ParquetFile(out).metadata
+    encodings = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings
+                 for i in range(meta.num_columns)}
+    for plain in ("record_id", "source_row", "src.CERT_NO"):
+        assert "RLE_DICTIONARY" not in encodings[plain], plain
+    for repeated in ("district", "sex", "src.RAYON"):
+        assert "RLE_DICTIONARY" in encodings[repeated], repeated
+    assert meta.num_row_groups == 3  # every chunk, whatever the first one decided
+    assert pq.read_table(out).column("record_id").to_pylist() == [f"C{i:05d}" for i in range(300)]
+
+
 def test_zero_byte_file_is_an_error(tmp_path: Path) -> None:
     config, source = make_register(tmp_path, CIVIL_YAML, {"civil_1.csv": b""})
     with pytest.raises(ExtractError, match=r"civil_1\.csv: the file is empty \(0 bytes\)"):
