@@ -264,6 +264,9 @@ def main() -> int:
     suffix = "_new_process" if args.run2_new_process else ""
     out = ROOT / "bench" / "results" / f"nightly_{args.persons}{suffix}.json"
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    from report import refresh_readme  # bench/ is sys.path[0] when run as a script
+
+    refresh_readme()  # README shows the latest figures
     print(json.dumps(results, indent=2, default=str))  # noqa: T201
     return 0
 
