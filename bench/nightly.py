@@ -14,7 +14,10 @@
    TEMPLATE copy), and reports every time, as one run's time varies by several seconds;
 5. a full relink of run 2's data (train, score, cluster; no publish), and the pairwise F1
    between the incremental and the full crosswalk;
-6. ID stability: the share of run 1's MPI IDs still active after run 2.
+6. ID stability: the share of run 1's MPI IDs still active after run 2;
+7. with ``--nights N``: N more nights after run 2, each `reglink run` in a new process over
+   a new delta of the night before's data, as nights follow one another (each night's
+   seconds, link mode and IDs kept).
 
 Targets (issue 5): run 1 for 1,000,000 persons on PostgreSQL under 10 min with peak memory
 under 8 GB; run 2 over a 0.5 % delta under 1 min; ≥ 99.9 % of IDs kept; incremental vs full
@@ -135,6 +138,40 @@ class Run1Copy:
             _admin_sql(self.admin_url, f'DROP DATABASE "{self.name}_run1"')
 
 
+def later_nights(args: argparse.Namespace, config: Path, data: Path, url: str | None,
+                 source: Path) -> list[dict]:
+    """Nights 3, 4, ... after run 2: each a new delta of the night before's source and a new
+    `reglink run` process, as a nightly job runs them one after the other."""
+    from pipelines.steps import close_engines
+
+    close_engines()  # the runs below are other processes; this one's pool is not needed
+    nights = []
+    for night in range(3, 3 + args.nights):
+        delta = source.with_name(f"source_night{night}")
+        shutil.rmtree(delta, ignore_errors=True)
+        changes = make_nightly_delta(source, delta, config, share=args.delta,
+                                     seed=args.seed + night)
+        settle(args.pg_admin if url else None)
+        run_id = f"202601{night:02d}T000000Z"
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--config", str(config),
+                        "--data-dir", str(data), "--run-id", run_id, "--source-dir",
+                        str(delta), "--no-data-docs"]
+                       + (["--database-url", url] if url else []), check=True, cwd=ROOT)
+        seconds = round(time.perf_counter() - t, 1)
+        done = json.loads((data / "runs" / run_id / "run.json").read_text())
+        nights.append({"night": night, "run_id": run_id, "delta": changes,
+                       "seconds": seconds, "steps_seconds": done["seconds"],
+                       "link_mode": done["steps"]["link"]["mode"],
+                       "changed_records": done["steps"]["link"]["changed_records"],
+                       "ids_kept_share": done["steps"]["assign_ids"]["ids_kept_share"]})
+        log.info("night %d: %.1f s, link %s, IDs kept %.4f %%", night, seconds,
+                 nights[-1]["link_mode"], 100 * nights[-1]["ids_kept_share"])
+        shutil.rmtree(source.with_name(f"source_night{night - 1}"), ignore_errors=True)
+        source = delta
+    return nights
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=100_000)
@@ -149,6 +186,9 @@ def main() -> int:
                         help="run 2 as a nightly job runs it: `reglink run` in a new process "
                         "(imports and caches cold); by default it runs in this process, "
                         "after run 1")
+    parser.add_argument("--nights", type=int, default=0,
+                        help="after everything else, run this many more nights, each over a "
+                        "new delta of the night before (as nightly runs follow one another)")
     parser.add_argument("--run2-repeats", type=int, default=1,
                         help="run 2 this many times (with --run2-new-process), each over a "
                         "fresh copy of run 1's data folder and database")
@@ -260,6 +300,8 @@ def main() -> int:
     results["run2_vs_truth"] = {"pairwise_f1": ev.pairwise.f1,
                                 "pairwise_precision": ev.pairwise.precision,
                                 "pairwise_recall": ev.pairwise.recall}
+    if args.nights:
+        results["later_nights"] = later_nights(args, config, data, url, delta_source)
     results["peak_rss_gb"] = round(peak_gb(), 2)
     suffix = "_new_process" if args.run2_new_process else ""
     out = ROOT / "bench" / "results" / f"nightly_{args.persons}{suffix}.json"

@@ -76,8 +76,8 @@ def extract_validate_table() -> str:
 def nightly_table() -> str:
     rows = ["| persons | records | database | run 1 s | run 1 peak GB | delta | run 2 "
             "(incremental) s | run 2 process | IDs kept | incremental vs full F1 | "
-            "F1 vs truth |",
-            "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+            "F1 vs truth | later nights s |",
+            "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
     for r in sorted(_load("nightly_*.json"),
                     key=lambda r: (r["persons"], r.get("run2_process") == "new")):
         inc = (r.get("incremental_vs_full") or {}).get("pairwise_f1")
@@ -95,7 +95,8 @@ def nightly_table() -> str:
             f"{'new (`reglink run`)' if r.get('run2_process') == 'new' else 'same as run 1'} | "
             f"{'–' if kept is None else f'{kept * 100:.3f} %'} | "
             f"{'–' if inc is None else f'{inc:.5f}'} | "
-            f"{'–' if truth is None else f'{truth:.4f}'} |")
+            f"{'–' if truth is None else f'{truth:.4f}'} | "
+            f"{', '.join(_n(n['seconds']) for n in r.get('later_nights') or []) or '–'} |")
     return "\n".join(rows)
 
 
