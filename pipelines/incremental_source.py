@@ -35,6 +35,7 @@ transaction), so a run that fails validation is extracted again from the same wa
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ from sqlalchemy.engine import Engine
 from pipelines.extract import (
     DEFAULT_CHUNKSIZE,
     ExtractResult,
-    dictionary_columns,
+    extract_parquet_options,
     extract_register,
 )
 from pipelines.registers import CANONICAL_COLUMNS, RegisterConfig
@@ -208,13 +209,12 @@ def merge_changes(changes: str | Path, base: str | Path, out_path: str | Path) -
     partial = out_path.with_name(out_path.name + ".partial")
     carried = replaced = 0
     try:
-        first = next(base_file.iter_batches(batch_size=DEFAULT_CHUNKSIZE), None)
-        with pq.ParquetWriter(partial, schema, compression="lz4",  # as extracts are
-                              write_statistics=["record_id"],
-                              use_dictionary=dictionary_columns(
-                                  pa.Table.from_batches([first]) if first is not None
-                                  else schema.empty_table())) as writer:
-            for batch in base_file.iter_batches(batch_size=DEFAULT_CHUNKSIZE):
+        batches = base_file.iter_batches(batch_size=DEFAULT_CHUNKSIZE)
+        first = next(batches, None)
+        with pq.ParquetWriter(partial, schema, **extract_parquet_options(
+                pa.Table.from_batches([first]) if first is not None
+                else schema.empty_table())) as writer:
+            for batch in itertools.chain([first] if first is not None else [], batches):
                 keep = pc.invert(pc.is_in(batch.column("record_id"), value_set=changed_ids))
                 kept = batch.filter(keep)
                 carried += kept.num_rows
